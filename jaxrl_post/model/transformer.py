@@ -1,0 +1,340 @@
+"""A Llama / Qwen2 decoder in Flax NNX with a pure, scanned forward pass.
+
+The NNX module `Transformer` is the definition: it creates every parameter with
+its logical axis names (`logical_axes` metadata, mapped to the mesh by
+`jaxrl_post.sharding`). Everything downstream works on the pure parameter
+pytree (`params`, a nested dict of arrays, see `PARAM_LAYOUT`) and calls
+`forward(params, cfg, ...)`, a pure function: trainers, the rollout kernel,
+checkpoints, conversion and the spectral analysis never touch module objects.
+
+Layers are stored stacked (leading axis L) and run under `jax.lax.scan`, so
+compile time does not grow with depth.
+
+Parameter layout (shapes for L layers, D hidden, H heads, KV kv-heads, Dh head
+dim, F intermediate, V vocab)::
+
+  embed                 [V, D]          (vocab, embed)
+  layers/attn_norm      [L, D]          (layers, norm)
+  layers/q              [L, D, H, Dh]   (layers, embed, heads, head_dim)
+  layers/k, layers/v    [L, D, KV, Dh]  (layers, embed, kv_heads, head_dim)
+  layers/q_bias         [L, H, Dh]      (qkv_bias only)
+  layers/k_bias/v_bias  [L, KV, Dh]     (qkv_bias only)
+  layers/o              [L, H, Dh, D]   (layers, heads, head_dim, embed)
+  layers/mlp_norm       [L, D]
+  layers/gate, up       [L, D, F]       (layers, embed, mlp)
+  layers/down           [L, F, D]       (layers, mlp, embed)
+  final_norm            [D]
+  lm_head               [D, V]          (untied only)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrl_post.model.config import ModelConfig
+
+Params = dict[str, Any]
+
+_INIT_STD = 0.02
+
+
+def _dtype(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+class Transformer(nnx.Module):
+  """The module definition: parameters with their logical axis names."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pd = _dtype(cfg.param_dtype)
+    L, D, H, KV, Dh, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads,
+                             cfg.num_kv_heads, cfg.head_dim,
+                             cfg.intermediate_size, cfg.vocab_size)
+
+    def normal(shape, axes, fan_in=None):
+      del fan_in
+      value = _INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)
+      return nnx.Param(value.astype(pd), logical_axes=axes)
+
+    def const(shape, axes, fill):
+      return nnx.Param(jnp.full(shape, fill, pd), logical_axes=axes)
+
+    self.embed = normal((V, D), ("vocab", "embed"))
+    layers = {
+        "attn_norm": const((L, D), ("layers", "norm"), 1.0),
+        "q": normal((L, D, H, Dh), ("layers", "embed", "heads", "head_dim")),
+        "k": normal((L, D, KV, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "v": normal((L, D, KV, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "o": normal((L, H, Dh, D), ("layers", "heads", "head_dim", "embed")),
+        "mlp_norm": const((L, D), ("layers", "norm"), 1.0),
+        "gate": normal((L, D, F), ("layers", "embed", "mlp")),
+        "up": normal((L, D, F), ("layers", "embed", "mlp")),
+        "down": normal((L, F, D), ("layers", "mlp", "embed")),
+    }
+    if cfg.qkv_bias:
+      layers["q_bias"] = const((L, H, Dh), ("layers", "heads", "head_dim"), 0.0)
+      layers["k_bias"] = const((L, KV, Dh), ("layers", "kv_heads", "head_dim"), 0.0)
+      layers["v_bias"] = const((L, KV, Dh), ("layers", "kv_heads", "head_dim"), 0.0)
+    self.layers = nnx.Dict(layers)
+    self.final_norm = const((D,), ("norm",), 1.0)
+    if not cfg.tie_embeddings:
+      self.lm_head = normal((D, V), ("embed", "vocab"))
+
+  def __call__(self, tokens, positions, **kwargs):
+    params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    return forward(params, self.cfg, tokens, positions, **kwargs)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
+  """Returns freshly initialised parameters as a pure pytree (nested dicts)."""
+  model = Transformer(cfg, rngs=nnx.Rngs(params=key))
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+  """A pytree like `init_params(cfg)` whose leaves are logical-axis tuples."""
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  state = nnx.state(abstract, nnx.Param)
+  axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(axes)
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """`jax.ShapeDtypeStruct` leaves of the parameters (no allocation)."""
+  return jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+
+
+# --------------------------------------------------------------------------
+# Building blocks (pure functions).
+# --------------------------------------------------------------------------
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm as Llama/Qwen2 compute it: float32 statistics, then cast, then scale.
+
+  x: [..., D]; scale: [D].
+  """
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse RoPE frequencies float32[Dh/2], with optional Llama-3 scaling."""
+  dh = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * inv / s.factor + smooth * inv
+  scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin float32[B, T, Dh] for integer positions int32[B, T] (HF layout)."""
+  freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotary embedding, half-split ("rotate_half") convention. x: [B, T, N, Dh]."""
+  half = x.shape[-1] // 2
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------
+# KV cache.
+# --------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class KVCache:
+  """A preallocated cache of S slots for every layer.
+
+  k: [L, B, KV, S, Dh] and v: [L, B, KV, Dh, S] (the layouts XLA:CPU's batched
+  dot wants, so no transpose per step); valid: bool[B, S] marks slots that hold
+  a real (non-padding) token. Slot s of every row is written at the same
+  decode step; each row's RoPE position is passed explicitly, so rows with
+  different prompt lengths (left padding) share one cache.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+
+  @property
+  def size(self) -> int:
+    return self.valid.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
+  """An empty cache of `size` slots (zeros, nothing valid)."""
+  dt = _dtype(cfg.dtype)
+  shape_k = (cfg.num_layers, batch, cfg.num_kv_heads, size, cfg.head_dim)
+  shape_v = (cfg.num_layers, batch, cfg.num_kv_heads, cfg.head_dim, size)
+  return KVCache(k=jnp.zeros(shape_k, dt), v=jnp.zeros(shape_v, dt),
+                 valid=jnp.zeros((batch, size), jnp.bool_))
+
+
+# --------------------------------------------------------------------------
+# Forward pass.
+# --------------------------------------------------------------------------
+
+
+def _project_qkv(p, h, cfg: ModelConfig, cos, sin):
+  """h: [B, T, D] -> q [B, T, H, Dh], k/v [B, T, KV, Dh] with RoPE on q, k."""
+  q = jnp.einsum("btd,dhk->bthk", h, p["q"].astype(h.dtype))
+  k = jnp.einsum("btd,dhk->bthk", h, p["k"].astype(h.dtype))
+  v = jnp.einsum("btd,dhk->bthk", h, p["v"].astype(h.dtype))
+  if cfg.qkv_bias:
+    q = q + p["q_bias"].astype(h.dtype)
+    k = k + p["k_bias"].astype(h.dtype)
+    v = v + p["v_bias"].astype(h.dtype)
+  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def _attend(q, k, v, mask, cfg: ModelConfig):
+  """Grouped-query attention.
+
+  q: [B, T, H, Dh]; k: [B, KV, S, Dh]; v: [B, KV, Dh, S]; mask: bool[B, T, S].
+  Returns [B, T, H, Dh]. Softmax in float32.
+  """
+  b, t, _, dh = q.shape
+  qg = q.reshape(b, t, cfg.num_kv_heads, cfg.num_groups, dh)
+  scores = jnp.einsum("btngk,bnsk->bngts", qg, k,
+                      preferred_element_type=jnp.float32) / math.sqrt(dh)
+  scores = jnp.where(mask[:, None, None, :, :], scores, -1e30)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bngts,bnks->btngk", probs, v)
+  return out.reshape(b, t, cfg.num_heads, dh)
+
+
+def _mlp(p, h):
+  g = jnp.einsum("btd,df->btf", h, p["gate"].astype(h.dtype))
+  u = jnp.einsum("btd,df->btf", h, p["up"].astype(h.dtype))
+  return jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["down"].astype(h.dtype))
+
+
+def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn):
+  """One pre-norm decoder layer. kv_fn(k, v) -> (keys, values, mask, aux)."""
+  h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+  q, k, v = _project_qkv(p, h, cfg, cos, sin)
+  keys, values, mask, aux = kv_fn(k, v)
+  attn = _attend(q, keys, values, mask, cfg)
+  x = x + jnp.einsum("bthk,hkd->btd", attn, p["o"].astype(x.dtype))
+  h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+  return x + _mlp(p, h), aux
+
+
+def _self_mask(segment_ids: jax.Array) -> jax.Array:
+  """Causal, same-segment, non-padding mask bool[B, T, T] (segment 0 = pad)."""
+  t = segment_ids.shape[1]
+  causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return causal[None] & same & (segment_ids[:, None, :] != 0)
+
+
+def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+  """Final norm and output head: x [B, T, D] -> float32 logits [B, T, V]."""
+  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  if cfg.tie_embeddings:
+    head = params["embed"].astype(x.dtype)
+    return jnp.einsum("btd,vd->btv", x, head, preferred_element_type=jnp.float32)
+  head = params["lm_head"].astype(x.dtype)
+  return jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
+            positions: jax.Array, *, segment_ids: jax.Array | None = None,
+            cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+            return_hidden: bool = False):
+  """Runs the decoder over `tokens`.
+
+  Args:
+    params: the parameter pytree (see module docstring).
+    cfg: the model config.
+    tokens: int32[B, T].
+    positions: int32[B, T] RoPE positions (explicit, so that rows of different
+      prompt lengths share a batch).
+    segment_ids: int32[B, T]; 0 marks padding. Without a cache, attention is
+      causal within equal segment ids (example packing). With a cache only
+      `segment_ids != 0` matters (which slots become valid). Default: all 1.
+    cache: optional KV cache; the T new tokens are written to slots
+      [cache_index, cache_index + T) and attend to every valid slot at or
+      before their own.
+    cache_index: int32 scalar slot of tokens[:, 0] in the cache.
+    return_hidden: also return the final hidden states [B, T, D] (pre-norm).
+
+  Returns:
+    (logits float32[B, T, V], cache) or, with return_hidden,
+    (logits, cache, hidden).
+  """
+  dt = _dtype(cfg.dtype)
+  b, t = tokens.shape
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  x = params["embed"].astype(dt)[tokens]
+  cos, sin = rope_tables(cfg, positions)
+  layers = params["layers"]
+
+  if cache is None:
+    mask = _self_mask(segment_ids)
+
+    def self_kv(k, v):
+      return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1), mask, None
+
+    def body(x, p):
+      x, _ = _block(p, x, cfg, cos, sin, self_kv)
+      return x, None
+
+    x, _ = jax.lax.scan(body, x, layers)
+    new_cache = None
+  else:
+    idx = jnp.asarray(cache_index, jnp.int32)
+    valid = jax.lax.dynamic_update_slice(cache.valid, segment_ids != 0, (0, idx))
+    slots = jnp.arange(cache.size)
+    q_slots = idx + jnp.arange(t)
+    mask = valid[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])
+
+    def body(carry, p):
+      x, ck, cv, layer = carry
+
+      def cached_kv(k, v):
+        # Write the new keys/values for this layer, then read the whole layer.
+        k_new = k.transpose(0, 2, 1, 3).astype(ck.dtype)[None]  # [1,B,KV,T,Dh]
+        v_new = v.transpose(0, 2, 3, 1).astype(cv.dtype)[None]  # [1,B,KV,Dh,T]
+        ck2 = jax.lax.dynamic_update_slice(ck, k_new, (layer, 0, 0, idx, 0))
+        cv2 = jax.lax.dynamic_update_slice(cv, v_new, (layer, 0, 0, 0, idx))
+        return ck2[layer], cv2[layer], mask, (ck2, cv2)
+
+      x, (ck, cv) = _block(p, x, cfg, cos, sin, cached_kv)
+      return (x, ck, cv, layer + 1), None
+
+    (x, ck, cv, _), _ = jax.lax.scan(
+        body, (x, cache.k, cache.v, jnp.int32(0)), layers)
+    new_cache = KVCache(k=ck, v=cv, valid=valid)
+
+  logits = unembed(params, cfg, x)
+  if return_hidden:
+    return logits, new_cache, x
+  return logits, new_cache

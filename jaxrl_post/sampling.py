@@ -1,0 +1,410 @@
+"""THE rollout kernel: one jitted prefill + `lax.while_loop` decode over a KV cache.
+
+Every trainer and every evaluation samples through `Sampler.generate`; nothing
+else in jaxrl_post decodes. Design (gemma's sampler loop, made pure):
+
+* Static: model config, batch, prompt bucket P, completion buffer N, top-k,
+  stop ids. Dynamic (traced, changing them never recompiles): temperature,
+  top-p, the rng, the parameters.
+* Prompts are left-padded to a bucket length (`pad_prompts`), so a training
+  loop compiles once per bucket. Each row carries explicit RoPE positions,
+  so rows of different prompt lengths share one cache.
+* The loop runs on device with no per-token host transfer; it exits early
+  once every row has emitted a stop token.
+* `prefill` and `decode` are separate pure functions over a `DecodeState`
+  (a pytree), so a multi-turn caller can append tokens and continue decoding
+  from the same cache.
+
+Log-probs and entropies are those of the distribution actually sampled from
+(temperature-scaled, top-k/top-p filtered). With temperature 0 (greedy) they
+are those of the temperature-1 distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_post import sharding as shd
+from jaxrl_post.model import KVCache, ModelConfig, forward, init_cache
+
+_NEG_INF = -1e30
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Static sampling settings (part of the compiled shape).
+
+  Attributes:
+    max_new_tokens: N, the completion buffer length.
+    top_k: keep the k most likely tokens (0 = off). Static: it sizes a top_k.
+    stop_ids: token ids that end a row (e.g. EOS); empty = run to N.
+    pad_id: written after a row has stopped.
+    block_ids: token ids that are never sampled (e.g. to force full-length
+      rows in benchmarks).
+  """
+
+  max_new_tokens: int
+  top_k: int = 0
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+  block_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.max_new_tokens <= 0:
+      raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens} must be > 0")
+    if self.top_k < 0:
+      raise ValueError(f"SamplingConfig.top_k={self.top_k} must be >= 0")
+
+
+@flax.struct.dataclass
+class SamplingParams:
+  """Dynamic sampling settings: traced, so changing them does not recompile.
+
+  temperature: float32 scalar, 0 means greedy. top_p: float32 scalar in (0, 1].
+  """
+
+  temperature: jax.Array
+  top_p: jax.Array
+
+  @classmethod
+  def make(cls, temperature: float = 1.0, top_p: float = 1.0) -> "SamplingParams":
+    if temperature < 0:
+      raise ValueError(f"temperature={temperature} must be >= 0")
+    if not 0.0 < top_p <= 1.0:
+      raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    return cls(temperature=jnp.float32(temperature), top_p=jnp.float32(top_p))
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Loop state of the decode kernel.
+
+  step: int32 scalar, index of the next completion token.
+  tokens, logprobs, entropy: [B, N] completion buffers.
+  done: bool[B], the row has emitted a stop token.
+  logits: float32[B, V], next-token logits (from the last fed token).
+  positions: int32[B], RoPE position of the next completion token.
+  prompt_slots: int32 scalar P, the cache slot of completion token 0.
+  cache: the KV cache (P + N slots).
+  rng: the sampling key.
+  """
+
+  step: jax.Array
+  tokens: jax.Array
+  logprobs: jax.Array
+  entropy: jax.Array
+  done: jax.Array
+  logits: jax.Array
+  positions: jax.Array
+  prompt_slots: jax.Array
+  cache: KVCache
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class Rollout:
+  """What the kernel returns.
+
+  prompt_tokens: int32[B, P] left-padded prompts; prompt_mask: bool[B, P].
+  tokens: int32[B, N] completions (pad after a stop).
+  mask: bool[B, N] generated tokens, the stop token included.
+  logprobs, entropy: float32[B, N] under the sampling distribution (0 where
+    ~mask).
+  lengths: int32[B] = mask.sum(-1).
+  finished: bool[B] the row emitted a stop token (else it was truncated).
+  """
+
+  prompt_tokens: jax.Array
+  prompt_mask: jax.Array
+  tokens: jax.Array
+  mask: jax.Array
+  logprobs: jax.Array
+  entropy: jax.Array
+  lengths: jax.Array
+  finished: jax.Array
+
+
+# --------------------------------------------------------------------------
+# Host-side prompt preparation.
+# --------------------------------------------------------------------------
+
+
+def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+  """The smallest bucket >= n."""
+  for b in sorted(buckets):
+    if b >= n:
+      return b
+  raise ValueError(f"prompt of {n} tokens is longer than the largest bucket {max(buckets)}")
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
+                buckets: Sequence[int] = DEFAULT_BUCKETS,
+                length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to a bucket length.
+
+  Returns (tokens int32[B, P], mask bool[B, P]). Empty prompts are rejected:
+  a row needs at least one token (e.g. BOS) to condition on.
+  """
+  if not prompts:
+    raise ValueError("pad_prompts: no prompts")
+  longest = max(len(p) for p in prompts)
+  if min(len(p) for p in prompts) == 0:
+    raise ValueError("pad_prompts: a prompt is empty (prepend BOS)")
+  p_len = length if length is not None else bucket_length(longest, buckets)
+  if longest > p_len:
+    raise ValueError(f"prompt of {longest} tokens exceeds prompt length {p_len}")
+  tokens = np.full((len(prompts), p_len), pad_id, np.int32)
+  mask = np.zeros((len(prompts), p_len), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, p_len - len(p):] = p
+    mask[i, p_len - len(p):] = True
+  return tokens, mask
+
+
+def repeat_prompts(tokens: np.ndarray, mask: np.ndarray, n: int):
+  """n samples per prompt: row i*n + j is sample j of prompt i."""
+  return np.repeat(tokens, n, axis=0), np.repeat(mask, n, axis=0)
+
+
+# --------------------------------------------------------------------------
+# Token selection (pure).
+# --------------------------------------------------------------------------
+
+
+def _first_argmax(x: jax.Array) -> jax.Array:
+  """argmax over the last axis (first index of the max). XLA:CPU compiles
+  `jnp.argmax` to a slow scalar loop; max + index-of-first-max vectorises."""
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  hit = x == jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(hit, iota, x.shape[-1]), axis=-1)
+
+
+def _top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Nucleus filter: keep the smallest set of top tokens with mass >= top_p."""
+  probs = jax.nn.softmax(logits, axis=-1)
+  sorted_p = -jnp.sort(-probs, axis=-1)
+  before = jnp.cumsum(sorted_p, axis=-1) - sorted_p  # mass strictly above
+  keep_sorted = before < top_p
+  threshold = jnp.min(jnp.where(keep_sorted, sorted_p, 2.0), axis=-1, keepdims=True)
+  return jnp.where(probs >= threshold, logits, _NEG_INF)
+
+
+def sampling_logits(logits: jax.Array, sp: SamplingParams,
+                    sc: SamplingConfig) -> jax.Array:
+  """The logits of the distribution actually sampled from. logits: f32[B, V]."""
+  logits = logits.astype(jnp.float32)
+  if sc.block_ids:
+    logits = logits.at[:, jnp.asarray(sc.block_ids)].set(_NEG_INF)
+  temp = jnp.where(sp.temperature > 0, sp.temperature, 1.0)
+  scaled = logits / temp
+  if sc.top_k:
+    kth = jax.lax.top_k(scaled, sc.top_k)[0][:, -1:]
+    scaled = jnp.where(scaled >= kth, scaled, _NEG_INF)
+  return jax.lax.cond(sp.top_p < 1.0, _top_p_filter, lambda x, _: x, scaled,
+                      sp.top_p)
+
+
+def select_tokens(logits: jax.Array, rng: jax.Array, sp: SamplingParams,
+                  sc: SamplingConfig):
+  """Samples one token per row (Gumbel-max), or argmax when temperature == 0.
+
+  Returns (token int32[B], logprob f32[B], entropy f32[B]).
+  """
+  filtered = sampling_logits(logits, sp, sc)
+  logp = jax.nn.log_softmax(filtered, axis=-1)
+  gumbel = jax.random.gumbel(rng, filtered.shape, jnp.float32)
+  noise = jnp.where(sp.temperature > 0, gumbel, 0.0)
+  token = _first_argmax(filtered + noise)
+  token_logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+  probs = jnp.exp(logp)
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)
+  return token, token_logp, entropy
+
+
+# --------------------------------------------------------------------------
+# Prefill and decode (pure).
+# --------------------------------------------------------------------------
+
+
+def prefill(params, cfg: ModelConfig, sc: SamplingConfig, prompt_tokens: jax.Array,
+            prompt_mask: jax.Array, rng: jax.Array,
+            cache_sharding=None) -> DecodeState:
+  """Runs the prompt through the model and returns the initial DecodeState.
+
+  prompt_tokens: int32[B, P] left-padded; prompt_mask: bool[B, P].
+  """
+  b, p = prompt_tokens.shape
+  n = sc.max_new_tokens
+  cache = init_cache(cfg, b, p + n)
+  if cache_sharding is not None:
+    cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+  mask_i = prompt_mask.astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(mask_i, axis=1) - 1, 0)
+  logits, cache = forward(params, cfg, prompt_tokens, positions,
+                          segment_ids=mask_i, cache=cache, cache_index=0)
+  return DecodeState(
+      step=jnp.int32(0),
+      tokens=jnp.full((b, n), sc.pad_id, jnp.int32),
+      logprobs=jnp.zeros((b, n), jnp.float32),
+      entropy=jnp.zeros((b, n), jnp.float32),
+      done=jnp.zeros((b,), jnp.bool_),
+      logits=logits[:, -1].astype(jnp.float32),
+      positions=mask_i.sum(axis=1),
+      prompt_slots=jnp.int32(p),
+      cache=cache,
+      rng=rng)
+
+
+def _decode_step(params, cfg: ModelConfig, sc: SamplingConfig,
+                 sp: SamplingParams, s: DecodeState) -> DecodeState:
+  """Samples completion token `s.step` and feeds it to the model."""
+  key = jax.random.fold_in(s.rng, s.step)
+  token, logp, ent = select_tokens(s.logits, key, sp, sc)
+  live = ~s.done
+  token = jnp.where(live, token, sc.pad_id)
+  col = s.step
+  tokens = s.tokens.at[:, col].set(token)
+  logprobs = s.logprobs.at[:, col].set(jnp.where(live, logp, 0.0))
+  entropy = s.entropy.at[:, col].set(jnp.where(live, ent, 0.0))
+  stopped = jnp.isin(token, jnp.asarray(sc.stop_ids, jnp.int32)) if sc.stop_ids else (
+      jnp.zeros_like(live))
+  done = s.done | (live & stopped)
+  logits, cache = forward(params, cfg, token[:, None], s.positions[:, None],
+                          segment_ids=live[:, None].astype(jnp.int32),
+                          cache=s.cache, cache_index=s.prompt_slots + s.step)
+  return s.replace(step=s.step + 1, tokens=tokens, logprobs=logprobs,
+                   entropy=entropy, done=done,
+                   logits=logits[:, 0].astype(jnp.float32),
+                   positions=s.positions + 1, cache=cache)
+
+
+def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
+           state: DecodeState) -> DecodeState:
+  """Decodes until every row stopped or the buffer of N tokens is full."""
+  n = sc.max_new_tokens
+
+  def cond(s):
+    return (s.step < n) & ~jnp.all(s.done)
+
+  body = functools.partial(_decode_step, params, cfg, sc, sp)
+  return jax.lax.while_loop(cond, body, state)
+
+
+def finish(state: DecodeState, prompt_tokens, prompt_mask,
+           sc: SamplingConfig) -> Rollout:
+  """Turns a final DecodeState into a Rollout (mask after the stop token)."""
+  n = sc.max_new_tokens
+  cols = jnp.arange(n)[None, :]
+  if sc.stop_ids:
+    is_stop = jnp.isin(state.tokens, jnp.asarray(sc.stop_ids, jnp.int32))
+    # Index of the first stop token per row (n if none).
+    first = jnp.min(jnp.where(is_stop & (cols < state.step), cols, n), axis=1)
+  else:
+    first = jnp.full((state.tokens.shape[0],), n, jnp.int32)
+  finished = first < n
+  length = jnp.where(finished, first + 1, jnp.minimum(state.step, n))
+  mask = cols < length[:, None]
+  return Rollout(
+      prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+      tokens=jnp.where(mask, state.tokens, sc.pad_id), mask=mask,
+      logprobs=jnp.where(mask, state.logprobs, 0.0),
+      entropy=jnp.where(mask, state.entropy, 0.0),
+      lengths=length.astype(jnp.int32), finished=finished)
+
+
+def generate(params, cfg: ModelConfig, sc: SamplingConfig,
+             prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
+             sp: SamplingParams, cache_sharding=None) -> Rollout:
+  """prefill + decode + finish, a pure function (jit it with statics bound)."""
+  state = prefill(params, cfg, sc, prompt_tokens, prompt_mask, rng,
+                  cache_sharding=cache_sharding)
+  state = decode(params, cfg, sc, sp, state)
+  return finish(state, prompt_tokens, prompt_mask, sc)
+
+
+# --------------------------------------------------------------------------
+# The jitted entry point.
+# --------------------------------------------------------------------------
+
+
+class Sampler:
+  """Holds the jitted kernel for one (model config, sampling config, mesh).
+
+  `generate(params, prompt_tokens, prompt_mask, rng, temperature, top_p)`
+  compiles once per (batch, prompt bucket) and never for new temperatures or
+  top-p values. `num_traces` counts how many times the kernel was traced.
+  """
+
+  def __init__(self, cfg: ModelConfig, sc: SamplingConfig, mesh=None,
+               param_shardings=None):
+    self.cfg = cfg
+    self.sc = sc
+    self.mesh = mesh
+    self.num_traces = 0
+    if mesh is not None:
+      batch2 = shd.batch_sharding(mesh, 2)
+      cache_sharding = KVCache(
+          k=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+              None, shd.BATCH_AXES)),
+          v=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+              None, shd.BATCH_AXES)),
+          valid=batch2)
+    else:
+      cache_sharding = None
+
+    def kernel(params, prompt_tokens, prompt_mask, rng, sp):
+      self.num_traces += 1  # Python side effect: runs once per trace.
+      return generate(params, cfg, sc, prompt_tokens, prompt_mask, rng, sp,
+                      cache_sharding=cache_sharding)
+
+    if mesh is not None:
+      batch1 = shd.batch_sharding(mesh, 1)
+      repl = shd.replicated(mesh)
+      out = Rollout(prompt_tokens=batch2, prompt_mask=batch2, tokens=batch2,
+                    mask=batch2, logprobs=batch2, entropy=batch2,
+                    lengths=batch1, finished=batch1)
+      self._jitted = jax.jit(
+          kernel, in_shardings=(param_shardings, batch2, batch2, repl, repl),
+          out_shardings=out)
+    else:
+      self._jitted = jax.jit(kernel)
+
+  def generate(self, params, prompt_tokens, prompt_mask, rng,
+               temperature: float | jax.Array = 1.0,
+               top_p: float | jax.Array = 1.0) -> Rollout:
+    """Samples completions. prompt_tokens/mask: [B, P] (see `pad_prompts`)."""
+    if self.mesh is not None:
+      shd.check_batch_divisible(prompt_tokens.shape[0], self.mesh, "rollout batch")
+    if prompt_tokens.shape[1] + self.sc.max_new_tokens > self.cfg.max_seq_len:
+      raise ValueError(
+          f"prompt length {prompt_tokens.shape[1]} + max_new_tokens "
+          f"{self.sc.max_new_tokens} exceeds the model's max_seq_len "
+          f"{self.cfg.max_seq_len}")
+    sp = SamplingParams(temperature=jnp.float32(temperature),
+                        top_p=jnp.float32(top_p))
+    return self._jitted(params, prompt_tokens, prompt_mask, rng, sp)
+
+
+def sequences(rollout: Rollout):
+  """Prompt + completion as one teacher-forcing batch for the policy loss.
+
+  Returns (tokens int32[B, P+N], positions int32[B, P+N], segment_ids
+  int32[B, P+N] (0 = padding), completion_mask bool[B, P+N]) where
+  completion_mask marks the completion tokens (the loss targets; the logits
+  that predict token t sit at index t - 1).
+  """
+  tokens = jnp.concatenate([rollout.prompt_tokens, rollout.tokens], axis=1)
+  valid = jnp.concatenate([rollout.prompt_mask, rollout.mask], axis=1)
+  positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+  p = rollout.prompt_tokens.shape[1]
+  completion = jnp.zeros_like(valid).at[:, p:].set(rollout.mask)
+  return tokens, positions, valid.astype(jnp.int32), completion

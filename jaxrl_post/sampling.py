@@ -36,7 +36,8 @@ from jaxrl_post.model import KVCache, ModelConfig, forward, init_cache
 
 _NEG_INF = -1e30
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024,
+                   1536, 2048, 3072, 4096, 8192)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,6 +119,10 @@ PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                         qkv_bias=True, max_seq_len=128),
+    # CPU studies in minutes: about 0.8M parameters at vocab 128.
+    "mini": ModelConfig(vocab_size=128, hidden_size=128, intermediate_size=384,
+                        num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                        qkv_bias=True, max_seq_len=256),
     # The bench's fixed shape (DESIGN.md section 3): 3,035,392 parameters.
     "tiny": ModelConfig(vocab_size=512, hidden_size=256, intermediate_size=688,
                         num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,

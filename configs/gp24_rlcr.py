@@ -1,0 +1,18 @@
+"""GRPO with the RLCR calibration reward.
+
+  python -m launch.train --config=configs/gp24_rlcr.py --workdir=runs/gp24_rlcr \
+      --config.init_from=runs/gp24_sft_conf
+  python -m launch.train --config=configs/gp24_rlcr.py:quick --workdir=/tmp/q   # standalone, seconds
+"""
+
+from configs import common
+from configs.rl_common import rl_config
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, quick=False)
+  c = rl_config("gp24", trainer="grpo", quick=a.quick, reward="rlcr", advantage="mean_only", aggregation="token_mean")
+  c.task_options = {"confidence": True}
+  if not a.quick:
+    c.init_from = "runs/gp24_sft_conf"
+  return c

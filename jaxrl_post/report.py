@@ -1,0 +1,259 @@
+"""The study report: `W/report.md` (tables + PNG figures) and `W/report.json`.
+
+Every number in the report is read from the stage results of this run
+(`W/stages/*.json`); each table and figure says what it shows and how many
+samples it rests on, and the last section states plainly which findings of
+the papers this run reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SPLITS = ("id_seen", "id_heldout", "ood")
+
+
+def _fmt(x, nd=3):
+  if x is None:
+    return "–"
+  if isinstance(x, float):
+    return f"{x:.{nd}f}"
+  return str(x)
+
+
+def _table(header, rows) -> str:
+  out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  out += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
+  return "\n".join(out)
+
+
+def _sft_figure(rows, path):
+  sft = [r for r in rows if r["label"] != "base"]
+  steps = [r["step"] for r in sft]
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for s, style in zip(SPLITS, ("-o", "-s", "-^")):
+    ax.plot(steps, [r[f"acc/{s}"] for r in sft], style, label=f"greedy acc {s}")
+  ax.set_xlabel("SFT step")
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(-0.02, 1.02)
+  ax2 = ax.twinx()
+  ax2.plot(steps, [r["gen_loss"] for r in sft], "k--", label="gen_loss (held-out NLL)")
+  ax2.set_ylabel("generalization loss")
+  lines = ax.get_legend_handles_labels()
+  lines2 = ax2.get_legend_handles_labels()
+  ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="best")
+  ax.set_title("SFT on gp24 ID: accuracy per split and generalization loss")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _rl_figure(sft_rows, rl_runs, path):
+  by_step = {r["step"]: r for r in sft_rows if r["label"] != "base"}
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+  for ax, split in zip(axes, ("id_heldout", "ood")):
+    x = np.arange(len(rl_runs))
+    before = [by_step[r["start_step"]][f"acc/{split}"] for r in rl_runs]
+    after = [r[f"acc/{split}"] for r in rl_runs]
+    ax.bar(x - 0.2, before, 0.4, label="SFT snapshot")
+    ax.bar(x + 0.2, after, 0.4, label="after GRPO")
+    ax.set_xticks(x, [f"step {r['start_step']}" for r in rl_runs])
+    ax.set_title(f"{split}: before vs after GRPO")
+    ax.set_ylim(0, 1)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _restore_figure(rest, path):
+  rows = rest["rows"]
+  fig, ax = plt.subplots(figsize=(7, 3.6))
+  x = np.arange(len(rows) + 2)
+  labels = ["SFT end"] + [r["spec"] for r in rows] + ["OOD peak"]
+  ood = [rest["target"]["acc/ood"]] + [r["acc/ood"] for r in rows] + [rest["ref"]["acc/ood"]]
+  idh = [rest["target"]["acc/id_heldout"]] + [r["acc/id_heldout"] for r in rows] + [
+      rest["ref"]["acc/id_heldout"]]
+  ax.plot(x, ood, "-o", label="OOD")
+  ax.plot(x, idh, "-s", label="ID held-out")
+  ax.set_xticks(x, labels, rotation=20, fontsize=8)
+  ax.set_ylabel("greedy accuracy")
+  ax.set_title("Restoring OOD-peak singular directions into the end-of-SFT model")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _pooled(res: dict) -> dict:
+  """The pooled summary of one spectral comparison."""
+  return res.get("pooled", {})
+
+
+def _spectral_figure(pairs: dict, path):
+  names = list(pairs)
+  angle = [_pooled(pairs[n]).get("mean_angle_deg_left") for n in names]
+  svc = [_pooled(pairs[n]).get("mean_abs_sv_rel_change") for n in names]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  axes[0].barh(names, [a or 0 for a in angle])
+  axes[0].set_xlabel("mean principal angle, top-k left subspace (deg)")
+  axes[1].barh(names, [s or 0 for s in svc])
+  axes[1].set_xlabel("mean |relative singular-value change|")
+  axes[1].set_yticks([])
+  fig.suptitle("Direction change vs spectrum change, per stage (pooled over matrices)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def findings(st: dict) -> list[tuple[str, bool | None, str]]:
+  """(claim, reproduced?, evidence) computed from the stage results."""
+  out = []
+  rows = [r for r in st["sft_eval"]["rows"] if r["label"] != "base"]
+  peak = max(rows, key=lambda r: (r["acc/ood"], -r["step"]))
+  end = rows[-1]
+  erodes = end["acc/ood"] < peak["acc/ood"]
+  out.append(("SFT erodes OOD skill (OOD peaks early, then declines)", erodes,
+              f"OOD {peak['acc/ood']:.3f} at step {peak['step']} -> {end['acc/ood']:.3f} at step {end['step']}"))
+  rl = st["rl"]["runs"]
+  from_end = [r for r in rl if r["start_step"] == end["step"]]
+  if from_end:
+    r = from_end[0]
+    out.append(("RL restores part of the OOD skill SFT lost", r["acc/ood"] > end["acc/ood"],
+                f"OOD {end['acc/ood']:.3f} (SFT end) -> {r['acc/ood']:.3f} after GRPO"))
+  pairs = st["spectral"]["pairs"]
+  rl_pairs = [p for n, p in pairs.items() if n.startswith("grpo_from_")]
+  if rl_pairs:
+    rot = np.mean([_pooled(p).get("rotation_energy", np.nan) for p in rl_pairs])
+    sca = np.mean([_pooled(p).get("scaling_energy", np.nan) for p in rl_pairs])
+    ang = np.mean([_pooled(p).get("mean_angle_deg_left", np.nan) for p in rl_pairs])
+    svc = np.mean([_pooled(p).get("mean_abs_sv_rel_change", np.nan) for p in rl_pairs])
+    out.append(("RL's update is a rotation of singular vectors, not a change of singular values",
+                bool(rot > sca), f"rotation energy {rot:.3f} vs scaling {sca:.3f}; mean angle "
+                f"{ang:.2f} deg; mean |sv change| {svc:.4f}"))
+  rest = st["spectral"]["restoration"]["rows"]
+  if rest:
+    best = max(rest, key=lambda r: r["acc/ood"])
+    out.append(("Restoring top singular directions of the OOD-peak recovers OOD accuracy",
+                (best["ood_recovered"] or 0) > 0,
+                f"best {best['spec']}: recovered fraction {_fmt(best['ood_recovered'])}"))
+  sp = st["report_inputs"]["spearman"]
+  acc_rho = sp.get("acc/id_heldout")
+  others = {k: v for k, v in sp.items() if k.startswith("pass@") or k == "gen_loss"}
+  best_k = max(others, key=lambda k: -1 if others[k] is None else others[k]) if others else None
+  if acc_rho is not None and best_k is not None and others[best_k] is not None:
+    out.append(("Post-SFT accuracy predicts post-RL accuracy worse than pass@large-k / gen_loss",
+                others[best_k] > acc_rho,
+                f"Spearman: SFT acc {acc_rho:.2f}, best other {best_k} {others[best_k]:.2f} "
+                f"(n={sp['n_points']} start points; weak evidence)"))
+  cal = st["rlcr"]
+  if cal["binary"].get("ece/id_heldout") is not None and cal["rlcr"].get("ece/id_heldout") is not None:
+    out.append(("A binary reward leaves the model worse calibrated than the RLCR reward",
+                cal["binary"]["ece/id_heldout"] > cal["rlcr"]["ece/id_heldout"],
+                f"ECE binary {cal['binary']['ece/id_heldout']:.3f} vs RLCR "
+                f"{cal['rlcr']['ece/id_heldout']:.3f} (ID held-out)"))
+  for origin, res in st["srl"].items():
+    out.append((f"SRL -> RLVR beats RLVR alone when started from {origin}",
+                res["srl_rlvr"]["acc/id_heldout"] > res["rlvr"]["acc/id_heldout"],
+                f"ID held-out {res['rlvr']['acc/id_heldout']:.3f} (RLVR) vs "
+                f"{res['srl_rlvr']['acc/id_heldout']:.3f} (SRL -> RLVR)"))
+  return out
+
+
+def write_report(study) -> dict:
+  """Reads the stage results of `study` and writes report.md / report.json."""
+  from jaxrl_post.study import spearman_table
+  w = study.w
+  st = {name: study.stage_result(name) for name in study.STAGES if name != "report"}
+  figs = os.path.join(w, "figures")
+  os.makedirs(figs, exist_ok=True)
+  rows = st["sft_eval"]["rows"]
+  rl_runs = st["rl"]["runs"]
+  sp = spearman_table([r for r in rows if r["label"] != "base"], rl_runs)
+  st["report_inputs"] = {"spearman": sp}
+  _sft_figure(rows, os.path.join(figs, "sft_curve.png"))
+  _rl_figure(rows, rl_runs, os.path.join(figs, "rl_before_after.png"))
+  _spectral_figure(st["spectral"]["pairs"], os.path.join(figs, "spectral_summary.png"))
+  _restore_figure(st["spectral"]["restoration"], os.path.join(figs, "restoration.png"))
+  facts = findings(st)
+  n_prob = rows[0]["n_problems"]
+  ks = [k.split("/")[0] for k in rows[0] if k.startswith("pass@") and k.endswith("/ood")]
+  md = ["# jaxrl_post study report", "",
+        "A miniature, CPU-sized replay of the SFT -> RL questions. Every number below was "
+        "measured in this run (stage results in `stages/*.json`).", "",
+        "## 1. SFT: ID and OOD accuracy over SFT snapshots", "",
+        f"Greedy accuracy on {n_prob} problems per split; pass@k from "
+        f"{rows[0]['n_samples']} samples per problem at temperature 1; gen_loss = token-mean NLL "
+        "of held-out expert solutions.", "",
+        _table(["snapshot", "ID seen", "ID held-out", "OOD", *[f"{k} OOD" for k in ks], "gen_loss"],
+               [[r["label"], r["acc/id_seen"], r["acc/id_heldout"], r["acc/ood"],
+                 *[r[f"{k}/ood"] for k in ks], r["gen_loss"]] for r in rows]),
+        "", "![SFT curve](figures/sft_curve.png)", "",
+        f"OOD peak at SFT step {st['sft_eval']['ood_peak_step']}.", "",
+        "## 2. GRPO from several SFT snapshots", "",
+        f"Greedy accuracy on {n_prob} problems per split after GRPO.", "",
+        _table(["start step", "SFT ID held-out", "GRPO ID held-out", "SFT OOD", "GRPO OOD"],
+               [[r["start_step"],
+                 next(x for x in rows if x["step"] == r["start_step"] and x["label"] != "base")["acc/id_heldout"],
+                 r["acc/id_heldout"],
+                 next(x for x in rows if x["step"] == r["start_step"] and x["label"] != "base")["acc/ood"],
+                 r["acc/ood"]] for r in rl_runs]),
+        "", "![RL before/after](figures/rl_before_after.png)", "",
+        "## 3. Which SFT signal predicts post-RL accuracy", "",
+        f"Spearman rank correlation over {sp['n_points']} RL start points (target: {sp['target']}). "
+        "With so few points this is weak evidence.", "",
+        _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
+        "", "## 4. Calibration: binary reward vs RLCR", "",
+        f"From the OOD-peak snapshot (step {st['rlcr']['start_step']}); {study.c.eval_samples} "
+        f"samples per problem at T=1, {n_prob} problems.", "",
+        _table(["reward", "acc ID held-out", "ECE", "Brier", "confidence stated"],
+               [[name, st["rlcr"][name]["accuracy/id_heldout"], st["rlcr"][name]["ece/id_heldout"],
+                 st["rlcr"][name]["brier/id_heldout"],
+                 st["rlcr"][name]["confidence_format_rate/id_heldout"]] for name in ("binary", "rlcr")]),
+        "", "## 5. SRL and SRL -> RLVR", "",
+        _table(["start", "run", "ID seen", "ID held-out", "reward std (first -> last)",
+                "frac zero-std groups (first -> last)"],
+               [[origin, name, res[name]["acc/id_seen"], res[name]["acc/id_heldout"],
+                 _span(res[name]["metrics"], "reward_std"),
+                 _span(res[name]["metrics"], "frac_reward_zero_std")]
+                for origin, res in st["srl"].items() for name in ("rlvr", "srl", "srl_rlvr")]),
+        "", "## 6. How the weights moved", "",
+        "Pooled over every 2-D matrix (scanned layers split per layer); angles between the top-k "
+        f"(k = {study.c.spectral_k} of the rank) singular subspaces; sparsity = fraction of "
+        "parameters whose bf16 value did not change.", "",
+        _table(["pair", "mean angle L (deg)", "mean |sv change|", "rotation energy",
+                "scaling energy", "sparsity bf16"],
+               [[n, _pooled(p).get("mean_angle_deg_left"), _pooled(p).get("mean_abs_sv_rel_change"),
+                 _pooled(p).get("rotation_energy"), _pooled(p).get("scaling_energy"),
+                 _pooled(p).get("sparsity_bfloat16")] for n, p in st["spectral"]["pairs"].items()]),
+        "", "![spectral](figures/spectral_summary.png)", "",
+        "Restoration (OOD-peak directions into the end-of-SFT weights):", "",
+        _table(["spec", "ID held-out", "OOD", "fraction of lost OOD recovered"],
+               [[r["spec"], r["acc/id_heldout"], r["acc/ood"], r["ood_recovered"]]
+                for r in st["spectral"]["restoration"]["rows"]]),
+        "", "![restoration](figures/restoration.png)", "",
+        "## 7. What reproduced", "",
+        _table(["finding (papers)", "reproduced here?", "evidence"],
+               [[c, "yes" if ok else ("no" if ok is not None else "n/a"), ev] for c, ok, ev in facts]),
+        "", "Tiny models, few problems and short runs: treat every 'yes' and 'no' as a "
+        "property of this run, not a verdict on the papers.", ""]
+  with open(os.path.join(w, "report.md"), "w") as f:
+    f.write("\n".join(md))
+  summary = {"findings": [{"claim": c, "reproduced": ok, "evidence": ev} for c, ok, ev in facts],
+             "spearman": sp, "stages": st}
+  with open(os.path.join(w, "report.json"), "w") as f:
+    json.dump(summary, f, indent=1, default=str)
+  return {"report": os.path.join(w, "report.md"), "findings": summary["findings"]}
+
+
+def _span(metrics: dict, key: str) -> str:
+  if not metrics or "first" not in metrics:
+    return "–"
+  return f"{_fmt(metrics['first'].get(key))} -> {_fmt(metrics['last'].get(key))}"

@@ -1,0 +1,331 @@
+"""The SFT -> RL study: stages, their outputs, and the resumable driver.
+
+Stages (each writes `W/stages/<name>.json` when complete; a rerun skips
+complete stages and training runs resume from their newest snapshot):
+
+  base      pretrain a tiny model on the arithmetic corpus (both face-card rules)
+  sft       SFT on gp24 ID hands with dense snapshots
+  sft_eval  every SFT snapshot: greedy accuracy on id_seen / id_heldout / ood,
+            pass@k (n samples at T=1) and the generalization loss
+  rl        GRPO from several SFT snapshots (first, OOD peak, last)
+  rlcr      calibration reward vs binary reward from the same snapshot
+  srl       SRL, SRL -> RLVR and RLVR alone, from the base and from the first
+            SFT snapshot
+  spectral  how each stage moved the weights (against its start and against
+            the OOD-peak snapshot), update sparsity, restoration sweep
+  report    W/report.md, W/report.json and PNG figures
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+from absl import logging
+
+from jaxrl_post import checkpoint as ckpt_lib
+from jaxrl_post import eval_metrics
+from jaxrl_post import evaluation
+from jaxrl_post import sampling as S
+from jaxrl_post import tasks as tasks_lib
+from jaxrl_post.hparams import from_config
+from jaxrl_post.model import loading
+from jaxrl_post.trainers import run_trainer
+
+SPLITS = ("id_seen", "id_heldout", "ood")
+
+
+class StageInputMissing(RuntimeError):
+  """A stage's inputs (an earlier stage's outputs) are missing."""
+
+
+class Study:
+  """Runs the stages of `configs/study.py` in `workdir`."""
+
+  def __init__(self, config, workdir: str, log: Callable[[str], None] = print):
+    self.c = config
+    self.w = workdir
+    self.log = log
+    os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
+    self._samplers: dict = {}
+    self.task = tasks_lib.get_task("gp24")
+
+  # ------------------------------------------------------------------ utils
+  def path(self, *parts) -> str:
+    return os.path.join(self.w, *parts)
+
+  def stage_result(self, name: str) -> dict:
+    p = self.path("stages", f"{name}.json")
+    if not os.path.exists(p):
+      raise StageInputMissing(f"stage {name!r} has not completed ({p} missing); rerun the study")
+    with open(p) as f:
+      return json.load(f)
+
+  def _save_stage(self, name: str, result: dict):
+    p = self.path("stages", f"{name}.json")
+    tmp = p + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=1, default=_json_default)
+    os.replace(tmp, p)
+
+  def train(self, name: str, stage_cfg, init_from: str = "", **overrides) -> str:
+    """Trains (or resumes, or skips when finished) one run under W/runs/<name>."""
+    cfg = copy.deepcopy(stage_cfg)
+    cfg.seed = self.c.seed
+    if init_from:
+      cfg.init_from = init_from
+    for k, v in overrides.items():
+      cfg[k] = v
+    workdir = self.path("runs", name)
+    run_trainer(from_config(cfg), workdir, cfg.to_dict())
+    return workdir
+
+  def sampler(self, cfg, tok, max_new: int) -> S.Sampler:
+    key = (cfg, max_new, tok.eos_id, tok.pad_id)
+    if key not in self._samplers:
+      self._samplers[key] = S.Sampler(cfg, S.SamplingConfig(
+          max_new_tokens=max_new, stop_ids=(tok.eos_id,), pad_id=tok.pad_id))
+    return self._samplers[key]
+
+  def evaluate(self, workdir: str, step: int | None, *, num_samples: int = 1,
+               ks=(1,), splits=SPLITS, task=None) -> dict:
+    """Accuracy (and pass@k when num_samples > 1) of one snapshot."""
+    cfg, tok, params, got = loading.load_workdir(workdir, step)
+    task = task or self.task
+    max_new = int(self.c.sft.eval.max_new_tokens)
+    ec = evaluation.EvalConfig(num_samples=num_samples,
+                               temperature=0.0 if num_samples == 1 else 1.0,
+                               max_new_tokens=max_new, rows=64, ks=tuple(ks))
+    out = {"step": got}
+    for split in splits:
+      examples = task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
+      res = evaluation.evaluate_split(self.sampler(cfg, tok, max_new), params, tok,
+                                      examples, task.verify, ec, seed=self.c.seed)
+      res.pop("per_problem", None) if num_samples == 1 else None
+      out[split] = res
+    return out
+
+  # ----------------------------------------------------------------- stages
+  def stage_base(self) -> dict:
+    w = self.train("base", self.c.base)
+    return {"workdir": w, "final": ckpt_lib.list_steps(os.path.join(w, "checkpoints"))[-1]}
+
+  def stage_sft(self) -> dict:
+    base = self.stage_result("base")
+    w = self.train("sft", self.c.sft, init_from=base["workdir"])
+    return {"workdir": w, "steps": ckpt_lib.list_steps(os.path.join(w, "checkpoints"))}
+
+  def stage_sft_eval(self) -> dict:
+    sft = self.stage_result("sft")
+    base = self.stage_result("base")
+    rows = []
+    cfg, tok, _, _ = loading.load_workdir(sft["workdir"])
+    held = self.task.examples("id_heldout", n=int(self.c.sft.eval.gen_loss_examples),
+                              seed=self.c.seed + 99)
+    for label, workdir, step in [("base", base["workdir"], None)] + [
+        (f"sft@{s}", sft["workdir"], s) for s in sft["steps"]]:
+      greedy = self.evaluate(workdir, step)
+      sampled = self.evaluate(workdir, step, num_samples=int(self.c.eval_samples),
+                              ks=tuple(self.c.eval_k), splits=("id_heldout", "ood"))
+      _, _, params, got = loading.load_workdir(workdir, step)
+      gen_loss = evaluation.generalization_loss(params, cfg, tok, held,
+                                                seq_len=int(self.c.sft.seq_len))
+      rows.append({"label": label, "workdir": workdir, "step": got,
+                   **{f"acc/{s}": greedy[s]["accuracy"] for s in SPLITS},
+                   **{f"pass@{k}/{s}": sampled[s]["pass@k"][str(k)]
+                      for s in ("id_heldout", "ood") for k in self.c.eval_k},
+                   "gen_loss": gen_loss,
+                   "n_problems": greedy["ood"]["n_problems"],
+                   "n_samples": int(self.c.eval_samples)})
+      self.log(f"  {label}: ID seen {rows[-1]['acc/id_seen']:.2f} heldout "
+               f"{rows[-1]['acc/id_heldout']:.2f} OOD {rows[-1]['acc/ood']:.2f} "
+               f"gen_loss {gen_loss:.3f}")
+    sft_rows = [r for r in rows if r["label"] != "base"]
+    peak = max(sft_rows, key=lambda r: (r["acc/ood"], -r["step"]))
+    return {"rows": rows, "ood_peak_step": peak["step"]}
+
+  def _rl_starts(self) -> list[int]:
+    ev = self.stage_result("sft_eval")
+    steps = [r["step"] for r in ev["rows"] if r["label"] != "base"]
+    named = {"first": steps[0], "last": steps[-1], "ood_peak": ev["ood_peak_step"]}
+    out = []
+    for s in self.c.rl_starts:
+      step = named[s] if s in named else int(s)
+      if step not in out:
+        out.append(step)
+    return out
+
+  def stage_rl(self) -> dict:
+    sft = self.stage_result("sft")
+    runs = []
+    for step in self._rl_starts():
+      w = self.train(f"grpo_from_{step}", self.c.grpo, init_from=f"{sft['workdir']}:{step}")
+      ev = self.evaluate(w, None)
+      runs.append({"start_step": step, "workdir": w,
+                   **{f"acc/{s}": ev[s]["accuracy"] for s in SPLITS},
+                   "metrics": _last_metrics(w)})
+      self.log(f"  GRPO from SFT step {step}: ID heldout {runs[-1]['acc/id_heldout']:.2f} "
+               f"OOD {runs[-1]['acc/ood']:.2f}")
+    return {"runs": runs}
+
+  def stage_rlcr(self) -> dict:
+    sft = self.stage_result("sft")
+    start = self.stage_result("sft_eval")["ood_peak_step"]
+    task = tasks_lib.get_task("gp24", confidence=True)
+    out = {"start_step": start}
+    for name, stage in (("binary", self.c.grpo), ("rlcr", self.c.rlcr)):
+      cfg = copy.deepcopy(stage)
+      cfg.task_options = {"confidence": True}
+      w = self.train(f"calib_{name}", cfg, init_from=f"{sft['workdir']}:{start}")
+      ev = self.evaluate(w, None, num_samples=int(self.c.eval_samples), ks=(1,),
+                         splits=("id_heldout", "ood"), task=task)
+      out[name] = {"workdir": w, **{f"{k}/{s}": ev[s][k] for s in ("id_heldout", "ood")
+                                    for k in ("accuracy", "ece", "brier",
+                                              "confidence_format_rate")}}
+    return out
+
+  def stage_srl(self) -> dict:
+    base = self.stage_result("base")
+    sft = self.stage_result("sft")
+    first = sft["steps"][0]
+    out = {}
+    for origin, spec in (("base", base["workdir"]), ("sft_first", f"{sft['workdir']}:{first}")):
+      srl_w = self.train(f"srl_from_{origin}", self.c.srl, init_from=spec)
+      rlvr_w = self.train(f"srl_rlvr_from_{origin}", self.c.grpo, init_from=srl_w)
+      alone_w = self.train(f"rlvr_from_{origin}", self.c.grpo, init_from=spec)
+      res = {}
+      for name, w in (("srl", srl_w), ("srl_rlvr", rlvr_w), ("rlvr", alone_w)):
+        ev = self.evaluate(w, None, splits=("id_seen", "id_heldout"))
+        res[name] = {"workdir": w, "acc/id_seen": ev["id_seen"]["accuracy"],
+                     "acc/id_heldout": ev["id_heldout"]["accuracy"],
+                     "metrics": _first_last_metrics(w)}
+      out[origin] = res
+      self.log(f"  from {origin}: RLVR alone {res['rlvr']['acc/id_heldout']:.2f}, "
+               f"SRL->RLVR {res['srl_rlvr']['acc/id_heldout']:.2f} (ID heldout)")
+    return out
+
+  def stage_spectral(self) -> dict:
+    from jaxrl_post.analysis import restore as restore_lib
+    from jaxrl_post.analysis import spectral
+    sft = self.stage_result("sft")
+    ev = self.stage_result("sft_eval")
+    rl = self.stage_result("rl")
+    peak = ev["ood_peak_step"]
+    last = sft["steps"][-1]
+    src = lambda w, s=None: ckpt_lib.CheckpointSource(os.path.join(w, "checkpoints"),
+                                                      s if s is not None else ckpt_lib.list_steps(os.path.join(w, "checkpoints"))[-1])
+    k = float(self.c.spectral_k)
+    pairs = {"sft_peak_to_end": (src(sft["workdir"], peak), src(sft["workdir"], last))}
+    for r in rl["runs"]:
+      pairs[f"grpo_from_{r['start_step']}"] = (src(sft["workdir"], r["start_step"]),
+                                               src(r["workdir"]))
+      pairs[f"peak_to_grpo_from_{r['start_step']}"] = (src(sft["workdir"], peak),
+                                                       src(r["workdir"]))
+    out = {"pairs": {}}
+    for name, (a, b) in pairs.items():
+      res = spectral.compare(a, b, k=k)
+      out["pairs"][name] = res
+    os.makedirs(self.path("analysis"), exist_ok=True)
+    with open(self.path("analysis", "spectral.json"), "w") as f:
+      json.dump(out, f, indent=1, default=_json_default)
+    # Restoration: put the OOD-peak directions back into the end-of-SFT model.
+    cfg, tok, p_peak, _ = loading.load_workdir(sft["workdir"], peak)
+    _, _, p_end, _ = loading.load_workdir(sft["workdir"], last)
+    peak_row = next(r for r in ev["rows"] if r["label"] == f"sft@{peak}")
+    end_row = next(r for r in ev["rows"] if r["label"] == f"sft@{last}")
+    rest = []
+    for spec in self.c.restore_specs:
+      params = restore_lib.restore_params(p_peak, p_end, spec)
+      accs = self._accuracy_of(cfg, tok, params, ("id_heldout", "ood"))
+      rest.append({"spec": spec, **{f"acc/{s}": a for s, a in accs.items()},
+                   "ood_recovered": restore_lib.recovery_fraction(
+                       peak_row["acc/ood"], end_row["acc/ood"], accs["ood"])})
+    out["restoration"] = {"ref_step": peak, "target_step": last,
+                          "ref": {"acc/ood": peak_row["acc/ood"], "acc/id_heldout": peak_row["acc/id_heldout"]},
+                          "target": {"acc/ood": end_row["acc/ood"], "acc/id_heldout": end_row["acc/id_heldout"]},
+                          "rows": rest}
+    return out
+
+  def _accuracy_of(self, cfg, tok, params, splits) -> dict:
+    max_new = int(self.c.sft.eval.max_new_tokens)
+    ec = evaluation.EvalConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new, rows=64)
+    out = {}
+    for split in splits:
+      examples = self.task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
+      out[split] = evaluation.evaluate_split(self.sampler(cfg, tok, max_new), params, tok,
+                                             examples, self.task.verify, ec)["accuracy"]
+    return out
+
+  def stage_report(self) -> dict:
+    from jaxrl_post import report
+    return report.write_report(self)
+
+  # ----------------------------------------------------------------- driver
+  STAGES = ("base", "sft", "sft_eval", "rl", "rlcr", "srl", "spectral", "report")
+
+  def run(self) -> dict:
+    t_start = time.perf_counter()
+    durations = []
+    for i, name in enumerate(self.STAGES, start=1):
+      p = self.path("stages", f"{name}.json")
+      if os.path.exists(p):
+        self.log(f"[{i}/{len(self.STAGES)}] {name}: done earlier, skipped")
+        continue
+      t = time.perf_counter()
+      self.log(f"[{i}/{len(self.STAGES)}] {name}: running")
+      result = getattr(self, f"stage_{name}")()
+      self._save_stage(name, result)
+      durations.append(time.perf_counter() - t)
+      elapsed = time.perf_counter() - t_start
+      left = len(self.STAGES) - i
+      eta = left * (sum(durations) / len(durations))
+      self.log(f"[{i}/{len(self.STAGES)}] {name}: done in {durations[-1]:.1f} s "
+               f"(elapsed {elapsed / 60:.1f} min, rough eta {eta / 60:.1f} min)")
+    return self.stage_result("report")
+
+
+def _last_metrics(workdir: str) -> dict:
+  rows = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return rows[-1] if rows else {}
+
+
+def _first_last_metrics(workdir: str) -> dict:
+  rows = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "reward_mean" in r]
+  if not rows:
+    return {}
+  keys = ("reward_mean", "reward_std", "frac_reward_zero_std")
+  return {"first": {k: rows[0].get(k) for k in keys}, "last": {k: rows[-1].get(k) for k in keys}}
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _json_default(o: Any):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)
+
+
+def spearman_table(rows_sft: list[dict], rl_runs: list[dict], split: str = "id_heldout") -> dict:
+  """Spearman of each SFT signal against post-RL accuracy over RL start points."""
+  by_step = {r["step"]: r for r in rows_sft}
+  post = [r[f"acc/{split}"] for r in rl_runs]
+  out = {"n_points": len(rl_runs), "target": f"post-RL acc/{split}"}
+  signals = [f"acc/{split}", "gen_loss"] + [k for k in by_step[rl_runs[0]["start_step"]]
+                                            if k.startswith("pass@") and k.endswith(split)]
+  for sig in signals:
+    x = [by_step[r["start_step"]][sig] for r in rl_runs]
+    if sig == "gen_loss":
+      x = [-v for v in x]  # lower loss should predict higher accuracy
+    out[sig] = float(eval_metrics.spearman(np.asarray(x), np.asarray(post))) if len(x) >= 3 else None
+  return out

@@ -1,0 +1,338 @@
+"""GRPO and its variants (DAPO, Dr. GRPO, GSPO) as one pure, jitted step.
+
+`make_rl_step(...)` returns `rl_step(state, batch) -> (state, metrics)` that
+does everything on device: rollouts through THE rollout kernel (G samples per
+prompt), the reward pytree, group advantages, then `num_iterations` (mu)
+policy updates against the stored old log-probs. `batch` holds left-padded
+prompts and the reward pytree whose leaves are per-prompt data, so a new
+reward is compiled into the step, not called from the host.
+
+Formulas: research/papers.md section 0 and 6 (DeepSeekMath eq. for GRPO,
+DAPO clip-higher / token-mean / dynamic sampling / soft overlong penalty,
+Dr. GRPO mean-only advantages and constant normaliser, GSPO sequence ratio).
+
+Departures, and why:
+* Dynamic sampling (DAPO) is done on device with static shapes: the batch
+  carries `max_gen_rounds` rounds of candidate prompts; rounds are rolled out
+  until enough groups with reward spread > eps are found; the kept groups are
+  gathered first and any shortfall is filled with zero-weight groups (they
+  add nothing to the gradient) instead of a host-side refill loop.
+* Old log-probs are recomputed by a teacher-forced pass with the pre-update
+  parameters (not taken from the sampler), so they are the policy's own
+  temperature-1 log-probs whatever the sampling temperature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrl_post import advantages as adv_lib
+from jaxrl_post import losses
+from jaxrl_post import sampling as S
+from jaxrl_post.hparams import RLHParams
+from jaxrl_post.model import ModelConfig, forward
+from jaxrl_post.trainers.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class RLStepConfig:
+  """Static settings of the RL step (hashable)."""
+
+  hp: RLHParams
+  sampling: S.SamplingConfig
+
+  @property
+  def group_size(self) -> int:
+    return self.hp.group_size
+
+
+def policy_loss_config(hp: RLHParams) -> losses.PolicyLossConfig:
+  return losses.PolicyLossConfig(
+      epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, beta=hp.beta,
+      aggregation=hp.aggregation, ratio_level=hp.ratio_level,
+      max_len=hp.max_new_tokens)
+
+
+def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int):
+  """Teacher-forced log-probs and entropies of the last n_new tokens.
+
+  seq/pos/seg: int32[B, P+N]. Returns (logp f32[B, N], entropy f32[B, N]).
+  """
+  logits, _ = forward(params, cfg, seq[:, :-1], pos[:, :-1], segment_ids=seg[:, :-1])
+  logits = logits[:, -n_new:]
+  targets = seq[:, -n_new:]
+  return losses.token_log_probs(logits, targets), losses.token_entropy(logits)
+
+
+def _repeat(tree, g: int):
+  return jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), tree)
+
+
+def _rollout_round(params, cfg, rc: RLStepConfig, prompts, mask, reward_fn, key):
+  """One round: G samples for each prompt, their rewards and group stats."""
+  g = rc.group_size
+  tokens, pmask = jnp.repeat(prompts, g, 0), jnp.repeat(mask, g, 0)
+  sp = S.SamplingParams(temperature=jnp.float32(rc.hp.temperature),
+                        top_p=jnp.float32(rc.hp.top_p))
+  rollout = S.generate(params, cfg, rc.sampling, tokens, pmask, key, sp)
+  rewards, aux = reward_fn(rollout.tokens, rollout.mask)
+  std = adv_lib.group_reward_std(rewards, g)
+  return rollout, rewards.astype(jnp.float32), aux, std
+
+
+def _select_groups(keep: jax.Array, n: int) -> jax.Array:
+  """Indices of n groups: kept ones first (stable), then the rest."""
+  order = jnp.argsort(~keep, stable=True)
+  return order[:n]
+
+
+def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
+  """Rollouts (with on-device dynamic sampling) for one RL step.
+
+  batch["prompt_tokens"]: int32[R * Pb, P], batch["prompt_mask"]: bool[R*Pb, P],
+  batch["reward"]: a reward pytree with leaves [R * Pb, ...], where R =
+  max_gen_rounds when dynamic sampling is on, else 1.
+  Returns (rollout over Pb*G rows, rewards f32[Pb*G], aux, group_weight
+  f32[Pb], stats).
+  """
+  hp = rc.hp
+  g = rc.group_size
+  rounds = hp.max_gen_rounds if hp.dynamic_sampling else 1
+  total = batch["prompt_tokens"].shape[0]
+  pb = total // rounds
+
+  def round_inputs(r):
+    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, r * pb, pb, 0)
+    reward_fn = _repeat(jax.tree.map(sl, batch["reward"]), g)
+    return sl(batch["prompt_tokens"]), sl(batch["prompt_mask"]), reward_fn
+
+  if rounds == 1:
+    p, m, reward_fn = round_inputs(0)
+    rollout, rewards, aux, std = _rollout_round(params, cfg, rc, p, m, reward_fn, key)
+    keep = std > hp.dynamic_eps
+    weight = jnp.ones((pb,), jnp.float32)
+    stats = {"frac_reward_zero_std": 1.0 - keep.mean(), "gen_rounds": jnp.float32(1)}
+    return rollout, rewards, aux, weight, stats
+
+  # Dynamic sampling: roll out rounds until pb informative groups are found.
+  p0, m0, rf0 = round_inputs(0)
+  first = _rollout_round(params, cfg, rc, p0, m0, rf0, jax.random.fold_in(key, 0))
+  buf = jax.tree.map(lambda x: jnp.zeros((rounds,) + x.shape, x.dtype), first)
+  buf = jax.tree.map(lambda b, x: b.at[0].set(x), buf, first)
+
+  def cond(carry):
+    r, buf = carry
+    done_rounds = jnp.arange(rounds)[:, None] < r
+    kept = jnp.sum((buf[3] > hp.dynamic_eps) & done_rounds)
+    return (r < rounds) & (kept < pb)
+
+  def body(carry):
+    r, buf = carry
+    p, m, rf = round_inputs(r)
+    out = _rollout_round(params, cfg, rc, p, m, rf, jax.random.fold_in(key, r))
+    buf = jax.tree.map(lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, r, 0), buf, out)
+    return r + 1, buf
+
+  used, buf = jax.lax.while_loop(cond, body, (jnp.int32(1), buf))
+  round_ids = jnp.repeat(jnp.arange(rounds), pb)
+  std_all = buf[3].reshape(-1)
+  keep_all = (std_all > hp.dynamic_eps) & (round_ids < used)
+  groups = _select_groups(keep_all, pb)  # [pb] indices into rounds*pb groups
+  rows = (groups[:, None] * g + jnp.arange(g)[None, :]).reshape(-1)
+  flat = jax.tree.map(lambda x: x.reshape((rounds * x.shape[1],) + x.shape[2:]), buf)
+  rollout, rewards, aux, _ = jax.tree.map(lambda x: x[rows], flat)
+  weight = keep_all[groups].astype(jnp.float32)
+  seen = (round_ids < used)
+  stats = {"frac_reward_zero_std": 1.0 - jnp.sum(keep_all) / jnp.maximum(jnp.sum(seen), 1),
+           "gen_rounds": used.astype(jnp.float32),
+           "frac_groups_filled": weight.mean()}
+  return rollout, rewards, aux, weight, stats
+
+
+def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
+                 optimizer: optax.GradientTransformation, schedule=None,
+                 token_class: jax.Array | None = None):
+  """Returns rl_step(state, batch, ref_params) -> (state, metrics).
+
+  token_class: optional bool[V]; entropy is also logged split by this class
+  (e.g. digits/operators vs the rest, research/papers.md section 8).
+  ref_params: frozen reference policy for the k3 KL (used when beta > 0;
+  never donated).
+  """
+  hp = rc.hp
+  g = rc.group_size
+  n_new = rc.sampling.max_new_tokens
+  loss_cfg = policy_loss_config(hp)
+
+  def rl_step(state: TrainState, batch, ref_params=None):
+    key = state.step_key()
+    rollout, rewards, aux, group_w, stats = collect(state.params, cfg, rc, batch, key)
+    seq, pos, seg, _ = S.sequences(rollout)
+    advantages = adv_lib.group_advantages(rewards, g, mode=hp.advantage)
+    row_w = jnp.repeat(group_w, g)
+    mask = rollout.mask.astype(jnp.float32) * row_w[:, None]
+    if hp.mask_truncated:
+      mask = mask * rollout.finished[:, None].astype(jnp.float32)
+    old_logp, _ = completion_logp(jax.lax.stop_gradient(state.params), cfg, seq, pos, seg, n_new)
+    old_logp = jax.lax.stop_gradient(old_logp)
+    ref_logp = None
+    if hp.beta > 0 and ref_params is not None:
+      ref_logp, _ = completion_logp(ref_params, cfg, seq, pos, seg, n_new)
+      ref_logp = jax.lax.stop_gradient(ref_logp)
+
+    def loss_fn(params):
+      logp, _ = completion_logp(params, cfg, seq, pos, seg, n_new)
+      return losses.policy_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp,
+                                hp=loss_cfg)
+
+    def update(carry, _):
+      params, opt_state = carry
+      (loss, laux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state), (loss, laux, optax.global_norm(grads))
+
+    (params, opt_state), (loss, laux, gnorm) = jax.lax.scan(
+        update, (state.params, state.opt_state), None, length=hp.num_iterations)
+
+    tok = rollout.mask.astype(jnp.float32)
+    ntok = jnp.maximum(tok.sum(), 1.0)
+    metrics = {
+        "loss": loss[0],
+        "reward_mean": rewards.mean(),
+        "reward_std": rewards.std(),
+        "completion_len_mean": rollout.lengths.astype(jnp.float32).mean(),
+        "frac_truncated": 1.0 - rollout.finished.astype(jnp.float32).mean(),
+        "clip_frac": jnp.mean(laux["clip_frac"]),
+        "kl": jnp.mean(laux.get("kl", jnp.zeros(()))),
+        "entropy": jnp.sum(rollout.entropy * tok) / ntok,
+        "grad_norm": gnorm[0],
+        "tokens": tok.sum(),
+        **stats,
+    }
+    if token_class is not None:
+      tc = jnp.asarray(token_class)
+      cls = tc[rollout.tokens] & rollout.mask
+      other = (~tc[rollout.tokens]) & rollout.mask
+      metrics["entropy/class"] = jnp.sum(rollout.entropy * cls) / jnp.maximum(cls.sum(), 1)
+      metrics["entropy/other"] = jnp.sum(rollout.entropy * other) / jnp.maximum(other.sum(), 1)
+    for name, value in aux.items():
+      metrics[name if name.startswith("reward/") else f"reward/{name}"] = jnp.mean(value)
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return rl_step
+
+
+# --------------------------------------------------------------------------
+# Host side: prompts, reward pytrees, the loop.
+# --------------------------------------------------------------------------
+
+
+class PromptSource:
+  """Deterministic prompt batches: examples for step s are pure in (seed, s).
+
+  `rounds` x `prompts_per_step` examples per step (rounds > 1 feeds DAPO
+  dynamic sampling). Prompts are left-padded to one fixed bucket so the step
+  compiles once.
+  """
+
+  def __init__(self, examples, tokenizer, prompts_per_step: int, rounds: int, seed: int):
+    import numpy as np
+    if not examples:
+      raise ValueError("PromptSource: no training examples")
+    self.examples = list(examples)
+    self.tokenizer = tokenizer
+    self.per_step = prompts_per_step * rounds
+    self.seed = seed
+    self.ids = [[tokenizer.bos_id, *tokenizer.encode(e.prompt)] for e in self.examples]
+    self.length = S.bucket_length(max(len(i) for i in self.ids))
+    self._np = np
+
+  def batch(self, step: int):
+    """(examples, tokens int32[R*Pb, P], mask bool[R*Pb, P])."""
+    rng = self._np.random.default_rng((self.seed, step))
+    idx = rng.choice(len(self.examples), size=self.per_step,
+                     replace=len(self.examples) < self.per_step)
+    tokens, mask = S.pad_prompts([self.ids[i] for i in idx], self.tokenizer.pad_id,
+                                 length=self.length)
+    return [self.examples[i] for i in idx], tokens, mask
+
+
+def run_rl(hp, workdir: str, config_dict: dict | None = None) -> dict:
+  """The GRPO / SRL training loop (SRL: `hp.trainer == "srl"`)."""
+  import time
+
+  from jaxrl_post import metrics as metrics_lib
+  from jaxrl_post import sharding as shd
+  from jaxrl_post.trainers import loop
+  from jaxrl_post.trainers import rl_data
+  from jaxrl_post.trainers import state as state_lib
+
+  ctx = loop.setup(hp, workdir, config_dict)
+  schedule = state_lib.make_schedule(hp.optim, hp.num_steps)
+  optimizer = state_lib.make_optimizer(hp.optim, hp.num_steps)
+  checkpointer = loop.make_checkpointer(ctx)
+  state, st_sh, start = loop.init_or_restore(ctx, optimizer, checkpointer)
+  ref_params = None
+  if hp.rl.beta > 0:  # the frozen reference: the starting policy
+    ref_params = ctx.init_params if ctx.init_params is not None else (
+        loop.initial_params(ctx))
+    ref_params = shd.shard_tree(ref_params, st_sh.params)
+  source, build_reward = rl_data.make_source(ctx)
+  rc = RLStepConfig(hp=hp.rl, sampling=S.SamplingConfig(
+      max_new_tokens=hp.rl.max_new_tokens, stop_ids=(ctx.tokenizer.eos_id,),
+      pad_id=ctx.tokenizer.pad_id))
+  if source.length + hp.rl.max_new_tokens > ctx.cfg.max_seq_len:
+    raise ValueError(f"prompt bucket {source.length} + rl.max_new_tokens "
+                     f"{hp.rl.max_new_tokens} > model max_seq_len {ctx.cfg.max_seq_len}")
+  token_class = rl_data.digit_operator_class(ctx.tokenizer, ctx.cfg.vocab_size)
+  step_fn = jax.jit(make_rl_step(ctx.cfg, rc, optimizer, schedule, token_class),
+                    in_shardings=(st_sh, None, st_sh.params if ref_params is not None else None),
+                    out_shardings=(st_sh, None), donate_argnums=0)
+  sampler = loop.make_sampler(ctx, hp.eval.max_new_tokens)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  progress = metrics_lib.Progress(hp.num_steps, start=start, desc=f"{hp.trainer} {hp.task}")
+  last: dict = {}
+  t0, last_log = time.perf_counter(), start
+  repl = shd.replicated(ctx.mesh)
+  try:
+    if start == 0 and hp.eval.every:
+      base = loop.accuracy_metrics(ctx, sampler, state.params)
+      writer.write(0, base)
+    for step in range(start, hp.num_steps):
+      examples, tokens, mask = source.batch(step)
+      batch = jax.device_put({"prompt_tokens": tokens, "prompt_mask": mask,
+                              "reward": build_reward(examples)}, repl)
+      state, m = step_fn(state, batch, ref_params)
+      done = step + 1
+      is_log = done % hp.log_every == 0 or done == hp.num_steps
+      is_eval = (hp.eval.every and done % hp.eval.every == 0) or done == hp.num_steps
+      is_save = done % hp.snapshot.every == 0 or done == hp.num_steps
+      if is_log or is_save or is_eval:
+        host = {k: float(v) for k, v in jax.device_get(m).items()}
+        loop.check_finite(done, host, checkpointer)
+        # Every step of a run processes the same number of rows, so the
+        # logged step's token count stands for each step since the last log.
+        host["tokens_per_sec"] = host.pop("tokens") * (done - last_log) / max(
+            time.perf_counter() - t0, 1e-9)
+        if is_eval:
+          host.update(loop.accuracy_metrics(ctx, sampler, state.params))
+        writer.write(done, host)
+        progress.update(done, host)
+        last = host
+        t0, last_log = time.perf_counter(), done
+      if is_save:
+        checkpointer.save(done, state, meta={"step": done})
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+    writer.close()
+    progress.close()
+  return last

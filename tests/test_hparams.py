@@ -1,0 +1,50 @@
+"""Config validation: bad values fail before compiling, naming the field."""
+
+import pytest
+
+from configs import common
+from jaxrl_post.hparams import ConfigError, from_config
+
+
+def test_base_config_parses():
+  hp = from_config(common.base_config())
+  assert hp.trainer == "sft" and hp.model.num_layers == 4
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("trainer", "ppo", "config.trainer"),
+    ("task", "chess", "config.task"),
+    ("seq_len", 10_000, "config.seq_len"),
+    ("batch_size", 0, "config.batch_size"),
+])
+def test_bad_top_level_values(field, value, match):
+  c = common.base_config()
+  c[field] = value
+  with pytest.raises(ConfigError, match=match):
+    from_config(c)
+
+
+def test_bad_nested_values():
+  c = common.base_config()
+  c.optim.learning_rate = -1.0
+  with pytest.raises(ConfigError, match="optim.learning_rate"):
+    from_config(c)
+  c = common.base_config()
+  c.rl.aggregation = "sum"
+  with pytest.raises(ConfigError, match="rl.aggregation"):
+    from_config(c)
+  c = common.base_config()
+  c.model.preset = "gpt5"
+  with pytest.raises(ConfigError, match="config.model"):
+    from_config(c)
+  c = common.base_config()
+  c.model.num_heads = 3
+  with pytest.raises(ConfigError, match="num_kv_heads"):
+    from_config(c)
+
+
+def test_parse_arg():
+  a = common.parse_arg("quick,model=small", quick=False, model="tiny")
+  assert a.quick is True and a.model == "small"
+  with pytest.raises(ValueError, match="unknown config arg"):
+    common.parse_arg("fast", quick=False)

@@ -1,0 +1,1 @@
+"""Spectral analysis of snapshots and weight surgery."""

@@ -33,11 +33,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.tokenizer = "char"
   c.init_from = ""
-  c.model = ml_collections.ConfigDict(dict(preset="tiny", max_seq_len=256))
+  c.model = ml_collections.ConfigDict(dict(preset="tiny", max_seq_len=320))
   c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 fills with the devices left
   c.batch_size = 32
   c.grad_accum = 1
-  c.seq_len = 128
+  c.seq_len = 192
   c.pack = False
   c.num_steps = 1000
   c.num_train_examples = 20000

@@ -29,36 +29,39 @@ def _stage(trainer: str, task: str, steps: int, **fields) -> ml_collections.Conf
 def get_config(arg=None):
   a = common.parse_arg(arg, quick=False, model="mini")
   q = a.quick
-  model = dict(preset="nano" if q else a.model, max_seq_len=192)
+  model = dict(preset="nano" if q else a.model, max_seq_len=256)
   rl = dict(group_size=4 if q else 8, prompts_per_step=4 if q else 8, max_new_tokens=48,
             temperature=1.0, aggregation="token_mean", epsilon_high=0.28,
             advantage="group_std")
-  ev = dict(every=0, num_problems=8 if q else 64, max_new_tokens=48, gen_loss_examples=16 if q else 128)
+  # Train-time eval is a light check; the study's own evaluation is the record.
+  ev = dict(every=0, num_problems=8 if q else 16, max_new_tokens=48,
+            gen_loss_examples=16 if q else 128)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.base = _stage("sft", "arith", 30 if q else 900, model=model, batch_size=16 if q else 32,
-                  seq_len=128, log_every=10 if q else 50,
+  c.base = _stage("sft", "arith", 30 if q else 600, model=model, batch_size=16 if q else 32,
+                  seq_len=192, log_every=10 if q else 50,
                   optim=dict(learning_rate=2e-3, warmup_steps=10 if q else 50),
                   snapshot=dict(every=30 if q else 300), eval=dict(ev, splits=()),
                   num_train_examples=512 if q else 40000)
-  c.sft = _stage("sft", "gp24", 40 if q else 600, model=model, batch_size=16 if q else 32,
-                 seq_len=128, log_every=10 if q else 25,
+  c.sft = _stage("sft", "gp24", 40 if q else 400, model=model, batch_size=16 if q else 32,
+                 seq_len=192, log_every=10 if q else 25,
                  optim=dict(learning_rate=1e-3, warmup_steps=5 if q else 20),
                  snapshot=dict(every=10 if q else 50), eval=dict(ev),
                  num_train_examples=512 if q else 20000)
-  c.grpo = _stage("grpo", "gp24", 4 if q else 60, model=model, log_every=2 if q else 10,
+  c.grpo = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                   optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
                   snapshot=dict(every=2 if q else 20), rl=dict(rl), eval=dict(ev))
-  c.rlcr = _stage("grpo", "gp24", 4 if q else 60, model=model, log_every=2 if q else 10,
+  c.rlcr = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                   optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
                   snapshot=dict(every=2 if q else 20), rl=dict(rl, reward="rlcr"), eval=dict(ev))
-  c.srl = _stage("srl", "gp24", 4 if q else 60, model=model, log_every=2 if q else 10,
+  c.srl = _stage("srl", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                  optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
                  snapshot=dict(every=2 if q else 20),
                  rl=dict(rl, dynamic_sampling=False, dynamic_eps=0.01), eval=dict(ev))
   # Which SFT snapshots RL starts from: "first", "ood_peak", "last" (and any
   # explicit steps).
   c.rl_starts = ("first", "ood_peak", "last")
+  c.conf_sft_steps = 10 if q else 100
   c.eval_samples = 4 if q else 16   # n for pass@k of SFT snapshots (pass@large-k)
   c.eval_k = (1, 4) if q else (1, 4, 16)
   c.eval_problems = 8 if q else 48

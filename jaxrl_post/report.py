@@ -211,12 +211,15 @@ def write_report(study) -> dict:
         "With so few points this is weak evidence.", "",
         _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
         "", "## 4. Calibration: binary reward vs RLCR", "",
-        f"From the OOD-peak snapshot (step {st['rlcr']['start_step']}); {study.c.eval_samples} "
-        f"samples per problem at T=1, {n_prob} problems.", "",
-        _table(["reward", "acc ID held-out", "ECE", "Brier", "confidence stated"],
+        f"From the OOD-peak snapshot (step {st['rlcr']['start_step']}), after a short SFT on "
+        "targets that end with `Confidence: 1.0` (row `sft_conf`); then GRPO with the binary "
+        f"reward or the RLCR reward. {study.c.eval_samples} samples per problem at T=1, "
+        f"{n_prob} problems.", "",
+        _table(["model", "acc ID held-out", "ECE", "Brier", "confidence stated"],
                [[name, st["rlcr"][name]["accuracy/id_heldout"], st["rlcr"][name]["ece/id_heldout"],
                  st["rlcr"][name]["brier/id_heldout"],
-                 st["rlcr"][name]["confidence_format_rate/id_heldout"]] for name in ("binary", "rlcr")]),
+                 st["rlcr"][name]["confidence_format_rate/id_heldout"]]
+                for name in ("sft_conf", "binary", "rlcr")]),
         "", "## 5. SRL and SRL -> RLVR", "",
         _table(["start", "run", "ID seen", "ID held-out", "reward std (first -> last)",
                 "frac zero-std groups (first -> last)"],

@@ -177,10 +177,21 @@ class Study:
     start = self.stage_result("sft_eval")["ood_peak_step"]
     task = tasks_lib.get_task("gp24", confidence=True)
     out = {"start_step": start}
+    # The SFT model never states a confidence: a short SFT on targets ending in
+    # `Confidence: 1.0` teaches the format (and total confidence) first.
+    conf_cfg = copy.deepcopy(self.c.sft)
+    conf_cfg.task_options = {"confidence": True}
+    conf_cfg.num_steps = int(self.c.conf_sft_steps)
+    conf_w = self.train("sft_conf", conf_cfg, init_from=f"{sft['workdir']}:{start}")
+    before = self.evaluate(conf_w, None, num_samples=int(self.c.eval_samples), ks=(1,),
+                           splits=("id_heldout", "ood"), task=task)
+    out["sft_conf"] = {"workdir": conf_w, **{f"{k}/{s}": before[s][k] for s in ("id_heldout", "ood")
+                                             for k in ("accuracy", "ece", "brier",
+                                                       "confidence_format_rate")}}
     for name, stage in (("binary", self.c.grpo), ("rlcr", self.c.rlcr)):
       cfg = copy.deepcopy(stage)
       cfg.task_options = {"confidence": True}
-      w = self.train(f"calib_{name}", cfg, init_from=f"{sft['workdir']}:{start}")
+      w = self.train(f"calib_{name}", cfg, init_from=conf_w)
       ev = self.evaluate(w, None, num_samples=int(self.c.eval_samples), ks=(1,),
                          splits=("id_heldout", "ood"), task=task)
       out[name] = {"workdir": w, **{f"{k}/{s}": ev[s][k] for s in ("id_heldout", "ood")

@@ -43,7 +43,8 @@ class SentencePieceTokenizer:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=out, vocab_size=vocab_size,
         model_type="bpe", character_coverage=1.0, pad_id=0, bos_id=1, eos_id=2,
-        unk_id=3, num_threads=1, shuffle_input_sentence=False, byte_fallback=True,
+        unk_id=3, num_threads=1, shuffle_input_sentence=False, byte_fallback=False,
+        minloglevel=2, add_dummy_prefix=False,
         split_digits=True, remove_extra_whitespaces=False,
         normalization_rule_name="identity", user_defined_symbols=["\n"],
         hard_vocab_limit=False)

@@ -1,0 +1,111 @@
+"""gp24: exact solver vs brute force, splits, rules, verifier, expert steps."""
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from jaxrl_post.tasks import arith, gp24
+from jaxrl_post.tasks.solver import solvable, solve
+
+
+def _brute_force_values(nums):
+  """Every value of every expression tree over all of nums (independent code)."""
+  nums = [Fraction(n) for n in nums]
+  if len(nums) == 1:
+    return {nums[0]}
+  out = set()
+  for r in range(1, len(nums)):
+    for left in itertools.combinations(range(len(nums)), r):
+      a = [nums[i] for i in left]
+      b = [nums[i] for i in range(len(nums)) if i not in left]
+      for x in _brute_force_values(a):
+        for y in _brute_force_values(b):
+          out |= {x + y, x - y, x * y}
+          if y:
+            out.add(x / y)
+  return out
+
+
+def test_counts_of_the_paper_setting():
+  assert len(gp24.value_multisets("id")) == 715
+  assert len(gp24.solvable_multisets("id")) == 566
+
+
+@pytest.mark.parametrize("rule", ["id", "ood"])
+def test_shipped_solvable_table_matches_the_solver(rule):
+  assert gp24.solvable_multisets(rule) == gp24.solvable_multisets(rule, recompute=True)
+
+
+def test_solvability_matches_brute_force_on_random_hands():
+  rng = np.random.default_rng(0)
+  for _ in range(60):
+    hand = tuple(sorted(int(x) for x in rng.integers(1, 14, 4)))
+    assert solvable(hand) == (Fraction(24) in _brute_force_values(hand)), hand
+
+
+def test_every_solution_is_verified_and_perturbations_are_rejected():
+  for hand in [(3, 3, 8, 8), (1, 2, 3, 4), (4, 7, 8, 8), (10, 10, 4, 4), (1, 5, 5, 5)]:
+    sols = solve(hand)
+    assert sols, hand
+    for formula, steps, _ in sols:
+      assert gp24.verify_values(hand, f"Answer: {formula}")
+      assert gp24.score_levels(hand, f"x\nAnswer: {formula}") == 5.0
+      assert steps[-1].endswith("=24")
+    formula = sols[0][0]
+    assert not gp24.verify_values(hand, f"Answer: {formula}+1")          # wrong numbers
+    assert not gp24.verify_values(hand[:3] + (hand[3] + 1,), f"Answer: {formula}")
+    assert not gp24.verify_values(hand, f"Answer: ({formula}")            # unbalanced
+
+
+def test_fraction_solution_is_exact():
+  assert gp24.verify_values((3, 3, 8, 8), "Answer: 8/(3-8/3)")
+  assert solve((3, 3, 8, 8))[0][0] == "8/(3-(8/3))"
+
+
+def test_reward_levels():
+  v = (1, 2, 3, 4)
+  assert gp24.score_levels(v, "Answer: 1*2*3*4") == 5.0
+  assert gp24.score_levels(v, "Answer: 1+2+3+4") == -1.0
+  assert gp24.score_levels(v, "Answer: 1+2+3") == -2.0
+  assert gp24.score_levels(v, "Answer: 1+2+)3+4") == -3.0
+  assert gp24.score_levels(v, "no answer") == -3.0
+
+
+def test_rules_and_prompts():
+  task = gp24.Gp24Task()
+  for ex in task.examples("ood", 50, seed=1):
+    assert max(ex.meta["cards"]) >= 11  # every OOD hand holds a face card
+    assert ex.meta["values"] == tuple(ex.meta["cards"])
+    assert "11, 12 and 13" in ex.prompt
+    assert task.verify(ex, ex.completion)
+  for ex in task.examples("train", 50, seed=1):
+    assert ex.meta["values"] == tuple(min(c, 10) for c in ex.meta["cards"])
+    assert "count as 10" in ex.prompt
+    assert task.verify(ex, ex.completion)
+    assert ex.completion.split("\n")[-1].startswith("Answer: ")
+
+
+def test_determinism_and_heldout_separation():
+  task = gp24.Gp24Task()
+  a = task.examples("train", 40, seed=3)
+  assert [e.prompt for e in a] == [e.prompt for e in task.examples("train", 40, seed=3)]
+  assert [e.prompt for e in a] != [e.prompt for e in task.examples("train", 40, seed=4)]
+  held = set(gp24.split_multisets()["id_heldout"])
+  ood_held = set(gp24.split_multisets()["ood"])
+  for e in task.examples("train", 400, seed=0):
+    assert tuple(sorted(e.meta["values"])) not in held
+  corpus = arith.ArithTask().examples("train", 300, seed=0)
+  for e in corpus:
+    if "values" in e.meta and e.prompt.startswith("Cards:") and "Use each card" in e.prompt:
+      ms = tuple(sorted(e.meta["values"]))
+      assert ms not in held and ms not in ood_held
+  heldout = task.examples("id_heldout", 50, seed=0)
+  assert all(tuple(sorted(e.meta["values"])) in held for e in heldout)
+  assert len({e.meta["values"] for e in heldout}) > 40  # distinct problems
+
+
+def test_bad_split_is_an_error():
+  with pytest.raises(ValueError, match="no split"):
+    gp24.Gp24Task().examples("validation", 1)

@@ -38,15 +38,15 @@ def get_config(arg=None):
             gen_loss_examples=16 if q else 128)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.base = _stage("sft", "arith", 30 if q else 600, model=model, batch_size=16 if q else 32,
+  c.base = _stage("sft", "arith", 30 if q else 300, model=model, batch_size=16 if q else 32,
                   seq_len=192, log_every=10 if q else 50,
                   optim=dict(learning_rate=2e-3, warmup_steps=10 if q else 50),
-                  snapshot=dict(every=30 if q else 300), eval=dict(ev, splits=()),
+                  snapshot=dict(every=30 if q else 150), eval=dict(ev, splits=()),
                   num_train_examples=512 if q else 40000)
-  c.sft = _stage("sft", "gp24", 40 if q else 400, model=model, batch_size=16 if q else 32,
+  c.sft = _stage("sft", "gp24", 40 if q else 250, model=model, batch_size=16 if q else 32,
                  seq_len=192, log_every=10 if q else 25,
                  optim=dict(learning_rate=1e-3, warmup_steps=5 if q else 20),
-                 snapshot=dict(every=10 if q else 50), eval=dict(ev),
+                 snapshot=dict(every=10 if q else 25), eval=dict(ev),
                  num_train_examples=512 if q else 20000)
   c.grpo = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                   optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
@@ -61,7 +61,7 @@ def get_config(arg=None):
   # Which SFT snapshots RL starts from: "first", "ood_peak", "last" (and any
   # explicit steps).
   c.rl_starts = ("first", "ood_peak", "last")
-  c.conf_sft_steps = 10 if q else 100
+  c.conf_sft_steps = 10 if q else 60
   c.eval_samples = 4 if q else 16   # n for pass@k of SFT snapshots (pass@large-k)
   c.eval_k = (1, 4) if q else (1, 4, 16)
   c.eval_problems = 8 if q else 48

@@ -195,7 +195,7 @@ def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
       (loss, laux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      return (params, opt_state), (loss, laux, optax.global_norm(grads))
+      return (params, opt_state), (loss, laux, optax.tree.norm(grads))
 
     (params, opt_state), (loss, laux, gnorm) = jax.lax.scan(
         update, (state.params, state.opt_state), None, length=hp.num_iterations)

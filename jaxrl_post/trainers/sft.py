@@ -71,7 +71,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": nll / denom, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": nll / denom, "grad_norm": optax.tree.norm(grads),
                "tokens": count}
     if schedule is not None:
       metrics["lr"] = schedule(state.step)

@@ -82,7 +82,7 @@ def restore_params(ref_params: dict, target_params: dict, spec: str) -> dict:
     return out
   for key in mx.MATRIX_KEYS:
     top, name = key.split("/") if "/" in key else (None, key)
-    src_t = target_params[top][name] if top else target_params.get(name)
+    src_t = target_params.get(top, {}).get(name) if top else target_params.get(name)
     if src_t is None:
       continue
     src_r = ref_params[top][name] if top else ref_params[name]

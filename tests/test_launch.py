@@ -1,0 +1,110 @@
+"""The command-line tools: --help, clear errors before compiling, output contracts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+
+
+def _run(*args, check=True):
+  p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True,
+                     text=True, timeout=300)
+  if check and p.returncode != 0:
+    raise AssertionError(p.stderr[-3000:])
+  return p
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  w = str(tmp_path_factory.mktemp("run") / "w")
+  _run("launch.train", "--config=configs/gp24_sft.py:quick", f"--workdir={w}",
+       "--config.num_steps=10", "--config.snapshot.every=5", "--config.eval.every=0",
+       "--config.eval.num_problems=2", "--config.num_train_examples=64",
+       "--config.eval.gen_loss_examples=8", "--config.batch_size=8")
+  return w
+
+
+@pytest.mark.parametrize("tool", ["train", "sample", "evaluate", "analyze", "study"])
+def test_help_lists_flags(tool):
+  p = _run(f"launch.{tool}", "--help", check=False)
+  out = p.stdout + p.stderr
+  assert "--" in out and ("workdir" in out or "init_from" in out or "ref" in out)
+
+
+def test_train_outputs(workdir):
+  for f in ("config.json", "model_config.json", "metrics.jsonl", "tokenizer/tokenizer.json"):
+    assert os.path.exists(os.path.join(workdir, f)), f
+  assert os.listdir(os.path.join(workdir, "tb"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "5"]
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert all("step" in r and "loss" in r for r in rows)
+  assert {"gen_loss", "grad_norm", "lr", "tokens_per_sec"} <= set(rows[-1])
+
+
+def test_bad_config_values_fail_before_compiling(tmp_path):
+  p = _run("launch.train", "--config=configs/gp24_sft.py:quick", f"--workdir={tmp_path}/x",
+           "--config.optim.learning_rate=-1", check=False)
+  assert p.returncode != 0 and "config.optim.learning_rate" in p.stderr
+  p = _run("launch.train", "--config=configs/gp24_sft.py:quick", f"--workdir={tmp_path}/y",
+           "--config.task=chess", check=False)
+  assert p.returncode != 0 and "config.task" in p.stderr
+  p = _run("launch.train", "--config=configs/gp24_sft.py:bogus", f"--workdir={tmp_path}/z", check=False)
+  assert p.returncode != 0 and "unknown config arg" in p.stderr
+  assert not os.path.exists(f"{tmp_path}/x/checkpoints")
+
+
+def test_evaluate_writes_the_contract(workdir):
+  out = _run("launch.evaluate", f"--workdir={workdir}", "--split=id,ood", "--num_samples=4",
+             "--k=1,4", "--num_problems=3", "--max_new_tokens=8").stdout.strip().splitlines()[-1]
+  assert out.endswith("eval/step_10.json")
+  res = json.load(open(out))
+  for split in ("id_seen", "id_heldout", "ood"):
+    r = res[split]
+    assert set(r) >= {"accuracy", "pass@k", "ece", "brier", "n_problems", "n_samples", "per_problem"}
+    assert r["n_problems"] == 3 and r["n_samples"] == 12
+    assert set(r["pass@k"]) == {"1", "4"}
+    assert all(set(p) == {"id", "n", "c"} for p in r["per_problem"])
+
+
+def test_evaluate_bad_input(workdir, tmp_path):
+  p = _run("launch.evaluate", f"--workdir={workdir}", "--split=val", check=False)
+  assert p.returncode != 0 and "unknown split" in p.stderr
+  p = _run("launch.evaluate", f"--workdir={workdir}", "--num_samples=2", "--k=4", check=False)
+  assert p.returncode != 0 and "k <= num_samples" in p.stderr
+  os.makedirs(tmp_path / "empty")
+  json.dump({"task": "gp24"}, open(tmp_path / "empty" / "config.json", "w"))
+  p = _run("launch.evaluate", f"--workdir={tmp_path}/empty", check=False)
+  assert p.returncode != 0 and "no snapshot" in p.stderr
+
+
+def test_sample_json(workdir):
+  out = _run("launch.sample", f"--init_from={workdir}:5", "--prompt=Cards: 1, 2, 3, 4.",
+             "--num_samples=2", "--max_new_tokens=6", "--json").stdout.strip().splitlines()
+  rows = [json.loads(l) for l in out]
+  assert len(rows) == 2
+  for r in rows:
+    assert len(r["tokens"]) == len(r["logprobs"]) <= 6
+    assert all(lp <= 0 for lp in r["logprobs"])
+  rand = _run("launch.sample", "--init_from=preset:nano", "--prompt=hi", "--temperature=0",
+              "--max_new_tokens=4", "--json").stdout.strip().splitlines()
+  assert len(json.loads(rand[-1])["tokens"]) <= 4
+
+
+def test_analyze_writes_json_and_figures(workdir, tmp_path):
+  _run("launch.analyze", f"--ref={workdir}:5", f"--runs={workdir}:10", f"--out={tmp_path}/a")
+  res = json.load(open(tmp_path / "a" / "spectral.json"))
+  pair = res["pairs"][f"{workdir}:10"]
+  m = pair["matrices"]["layers/q/0"]
+  for key in ("k", "principal_angles_deg_left", "principal_angles_deg_right", "sv_rel_change",
+              "sparsity", "rank_ratio", "scaling_energy", "rotation_energy"):
+    assert key in m
+  assert m["principal_angles_deg_left"] == sorted(m["principal_angles_deg_left"])
+  assert any(f.endswith(".png") for f in os.listdir(tmp_path / "a"))
+  p = _run("launch.analyze", f"--ref={workdir}:5", f"--runs={workdir}:99", f"--out={tmp_path}/b",
+           check=False)
+  assert p.returncode != 0 and "step 99" in p.stderr

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxrl_post import sharding as shd
 from jaxrl_post.model import KVCache, ModelConfig, forward, init_cache
+from jaxrl_post.model.transformer import StepWeights, step_forward, step_weights
 
 _NEG_INF = -1e30
 
@@ -265,11 +266,31 @@ def prefill(params, cfg: ModelConfig, sc: SamplingConfig, prompt_tokens: jax.Arr
       rng=rng)
 
 
-def _decode_step(params, cfg: ModelConfig, sc: SamplingConfig,
-                 sp: SamplingParams, s: DecodeState) -> DecodeState:
-  """Samples completion token `s.step` and feeds it to the model."""
-  key = jax.random.fold_in(s.rng, s.step)
-  token, logp, ent = select_tokens(s.logits, key, sp, sc)
+# Sampling noise for all N steps is drawn before the loop (one RNG call
+# instead of one per step) when it takes at most this many float32 values;
+# larger vocabularies draw per step from fold_in(rng, step).
+_MAX_PRESAMPLED_NOISE = 1 << 24
+
+
+def _select_with_noise(logits: jax.Array, noise: jax.Array, sp: SamplingParams,
+                       sc: SamplingConfig):
+  """`select_tokens` with the Gumbel noise f32[B, V] given."""
+  filtered = sampling_logits(logits, sp, sc)
+  logp = jax.nn.log_softmax(filtered, axis=-1)
+  token = _first_argmax(jnp.where(sp.temperature > 0, filtered + noise, filtered))
+  token_logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+  probs = jnp.exp(logp)
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)
+  return token, token_logp, entropy
+
+
+def _decode_step(w: StepWeights, cfg: ModelConfig, sc: SamplingConfig,
+                 sp: SamplingParams, noise_fn, s: DecodeState) -> DecodeState:
+  """Samples completion token `s.step` and feeds it to the model.
+
+  The cache of `s` holds per-layer tuples (see `decode`).
+  """
+  token, logp, ent = _select_with_noise(s.logits, noise_fn(s), sp, sc)
   live = ~s.done
   token = jnp.where(live, token, sc.pad_id)
   col = s.step
@@ -279,25 +300,45 @@ def _decode_step(params, cfg: ModelConfig, sc: SamplingConfig,
   stopped = jnp.isin(token, jnp.asarray(sc.stop_ids, jnp.int32)) if sc.stop_ids else (
       jnp.zeros_like(live))
   done = s.done | (live & stopped)
-  logits, cache = forward(params, cfg, token[:, None], s.positions[:, None],
-                          segment_ids=live[:, None].astype(jnp.int32),
-                          cache=s.cache, cache_index=s.prompt_slots + s.step)
+  c = s.cache
+  logits, ks, vs, valid = step_forward(w, cfg, token, s.positions, live, c.k, c.v,
+                                       c.valid, s.prompt_slots + s.step)
   return s.replace(step=s.step + 1, tokens=tokens, logprobs=logprobs,
-                   entropy=entropy, done=done,
-                   logits=logits[:, 0].astype(jnp.float32),
-                   positions=s.positions + 1, cache=cache)
+                   entropy=entropy, done=done, logits=logits,
+                   positions=s.positions + 1,
+                   cache=KVCache(k=ks, v=vs, valid=valid))
 
 
 def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
            state: DecodeState) -> DecodeState:
-  """Decodes until every row stopped or the buffer of N tokens is full."""
+  """Decodes until every row stopped or the buffer of N tokens is full.
+
+  Inside the loop the cache is split into per-layer buffers and the weights
+  are fused once (`step_weights`), so each step runs `step_forward` with no
+  per-layer slicing copies; the stacked cache is rebuilt at the end.
+  """
   n = sc.max_new_tokens
+  b, v_size = state.logits.shape
+  w = step_weights(params, cfg)
+  if n * b * v_size <= _MAX_PRESAMPLED_NOISE:
+    all_noise = jax.random.gumbel(state.rng, (n, b, v_size), jnp.float32)
+    noise_fn = lambda s: jax.lax.dynamic_index_in_dim(all_noise, s.step, 0, False)
+  else:
+    noise_fn = lambda s: jax.random.gumbel(jax.random.fold_in(s.rng, s.step),
+                                           (b, v_size), jnp.float32)
 
   def cond(s):
     return (s.step < n) & ~jnp.all(s.done)
 
-  body = functools.partial(_decode_step, params, cfg, sc, sp)
-  return jax.lax.while_loop(cond, body, state)
+  c = state.cache
+  layers = range(cfg.num_layers)
+  split = state.replace(cache=KVCache(k=tuple(c.k[l] for l in layers),
+                                      v=tuple(c.v[l] for l in layers),
+                                      valid=c.valid))
+  body = functools.partial(_decode_step, w, cfg, sc, sp, noise_fn)
+  out = jax.lax.while_loop(cond, body, split)
+  c = out.cache
+  return out.replace(cache=KVCache(k=jnp.stack(c.k), v=jnp.stack(c.v), valid=c.valid))
 
 
 def finish(state: DecodeState, prompt_tokens, prompt_mask,

@@ -338,3 +338,130 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   if return_hidden:
     return logits, new_cache, x
   return logits, new_cache
+
+
+# --------------------------------------------------------------------------
+# One-token decode step (the rollout kernel's inner loop).
+# --------------------------------------------------------------------------
+#
+# `forward` with a cache is general (any T, stacked cache, layers under a
+# scan). Inside a decode loop XLA:CPU pays for that generality every step:
+# the scan materialises each layer's `dynamic_slice` of the stacked weights
+# and of the stacked cache, and q/k/v and gate/up are separate small matmuls.
+# The functions below are the same math specialised to one new token per row:
+# weights are fused and cast once per rollout (`step_weights`, outside the
+# loop, so they are loop invariants), layers are unrolled (static Python
+# loop, every layer's weights and cache are separate buffers), and each
+# layer's cache is updated in place.
+
+
+@flax.struct.dataclass
+class StepWeights:
+  """Decode-step weights, fused and split per layer (tuples of L arrays).
+
+  qkv: [D, (H + 2 KV) Dh] = [q | k | v] of one layer; qkv_bias: [(H + 2 KV) Dh]
+  (zeros without qkv_bias); o: [H Dh, D]; gate_up: [D, 2F] = [gate | up];
+  down: [F, D]; attn_norm, mlp_norm: [D]; final_norm: [D]; head: [D, V];
+  embed: [V, D].
+  """
+
+  attn_norm: tuple
+  qkv: tuple
+  qkv_bias: tuple
+  o: tuple
+  mlp_norm: tuple
+  gate_up: tuple
+  down: tuple
+  final_norm: jax.Array
+  head: jax.Array
+  embed: jax.Array
+
+
+def step_weights(params: Params, cfg: ModelConfig) -> StepWeights:
+  """Fuses and casts the parameters for `step_forward` (call once per rollout).
+
+  Pure relayout of `params` (the stored layout is unchanged): for layer l,
+  qkv[l] = concat(q[l].reshape(D, H Dh), k[l].reshape(D, KV Dh),
+  v[l].reshape(D, KV Dh)) and gate_up[l] = concat(gate[l], up[l]).
+  """
+  dt = _dtype(cfg.dtype)
+  lp = params["layers"]
+  L, D = cfg.num_layers, cfg.hidden_size
+  H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  qkv = jnp.concatenate([lp["q"].reshape(L, D, H * Dh), lp["k"].reshape(L, D, KV * Dh),
+                         lp["v"].reshape(L, D, KV * Dh)], axis=-1).astype(dt)
+  if cfg.qkv_bias:
+    bias = jnp.concatenate([lp["q_bias"].reshape(L, H * Dh),
+                            lp["k_bias"].reshape(L, KV * Dh),
+                            lp["v_bias"].reshape(L, KV * Dh)], axis=-1).astype(dt)
+  else:
+    bias = jnp.zeros((L, (H + 2 * KV) * Dh), dt)
+  gate_up = jnp.concatenate([lp["gate"], lp["up"]], axis=-1).astype(dt)
+  o = lp["o"].reshape(L, H * Dh, D).astype(dt)
+  down = lp["down"].astype(dt)
+  if cfg.tie_embeddings:
+    head = params["embed"].T.astype(dt)
+  else:
+    head = params["lm_head"].astype(dt)
+  split = lambda a: tuple(a[l] for l in range(L))
+  return StepWeights(
+      attn_norm=split(lp["attn_norm"]), qkv=split(qkv), qkv_bias=split(bias),
+      o=split(o), mlp_norm=split(lp["mlp_norm"]), gate_up=split(gate_up),
+      down=split(down), final_norm=params["final_norm"], head=head,
+      embed=params["embed"].astype(dt))
+
+
+def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
+                 positions: jax.Array, live: jax.Array, ks: tuple, vs: tuple,
+                 valid: jax.Array, slot: jax.Array):
+  """`forward` for one new token per row over per-layer caches.
+
+  Args:
+    w: from `step_weights`.
+    tokens: int32[B] the new tokens; positions: int32[B] their RoPE positions.
+    live: bool[B] rows whose token is real (its slot becomes valid).
+    ks: L arrays [B, KV, S, Dh]; vs: L arrays [B, KV, Dh, S] (updated in place).
+    valid: bool[B, S] slots holding real tokens.
+    slot: int32 scalar, the cache slot of the new token.
+
+  Returns:
+    (logits float32[B, V], ks, vs, valid) — the same numbers as
+    `forward(params, cfg, tokens[:, None], positions[:, None], cache=...)`.
+  """
+  dt = _dtype(cfg.dtype)
+  b = tokens.shape[0]
+  H, KV, G, Dh, F = (cfg.num_heads, cfg.num_kv_heads, cfg.num_groups,
+                     cfg.head_dim, cfg.intermediate_size)
+  valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, slot))
+  mask = valid & (jnp.arange(valid.shape[1])[None, :] <= slot)  # [B, S]
+  cos, sin = rope_tables(cfg, positions[:, None])  # [B, 1, Dh]
+  x = w.embed[tokens][:, None, :]  # [B, 1, D]
+  scale = math.sqrt(Dh)
+  new_ks, new_vs = [], []
+  for l in range(cfg.num_layers):
+    h = rms_norm(x, w.attn_norm[l], cfg.rms_norm_eps)[:, 0]  # [B, D]
+    qkv = jnp.dot(h, w.qkv[l]) + w.qkv_bias[l]  # [B, (H + 2KV) Dh]
+    q = qkv[:, :H * Dh].reshape(b, 1, H, Dh)
+    k = qkv[:, H * Dh:(H + KV) * Dh].reshape(b, 1, KV, Dh)
+    v = qkv[:, (H + KV) * Dh:].reshape(b, KV, Dh, 1)
+    q = apply_rope(q, cos, sin)
+    k = apply_rope(k, cos, sin)
+    ck = jax.lax.dynamic_update_slice(
+        ks[l], k.reshape(b, KV, 1, Dh).astype(ks[l].dtype), (0, 0, slot, 0))
+    cv = jax.lax.dynamic_update_slice(vs[l], v.astype(vs[l].dtype), (0, 0, 0, slot))
+    new_ks.append(ck)
+    new_vs.append(cv)
+    qg = q.reshape(b, KV, G, Dh)
+    scores = jnp.einsum("bngk,bnsk->bngs", qg, ck,
+                        preferred_element_type=jnp.float32) / scale
+    scores = jnp.where(mask[:, None, None, :], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cv.dtype)
+    attn = jnp.einsum("bngs,bnks->bngk", probs, cv).reshape(b, H * Dh)
+    x = x + jnp.dot(attn, w.o[l])[:, None, :]
+    h = rms_norm(x, w.mlp_norm[l], cfg.rms_norm_eps)[:, 0]
+    gu = jnp.dot(h, w.gate_up[l])  # [B, 2F]
+    act = jax.nn.silu(gu[:, :F]) * gu[:, F:]
+    x = x + jnp.dot(act, w.down[l])[:, None, :]
+  x = rms_norm(x, w.final_norm, cfg.rms_norm_eps)[:, 0]
+  logits = jnp.dot(x, w.head, preferred_element_type=jnp.float32)
+  return logits, tuple(new_ks), tuple(new_vs), valid

@@ -84,11 +84,15 @@ def config_from_hf(hf: dict) -> ModelConfig:
   arch = (hf.get("architectures") or ["?"])[0]
   if arch not in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
     raise ValueError(f"unsupported architecture {arch!r}: expected Qwen2ForCausalLM or LlamaForCausalLM")
-  rs = hf.get("rope_scaling")
+  # transformers >= 5 writes `rope_parameters` (theta included); older
+  # versions `rope_theta` + `rope_scaling`.
+  rp = dict(hf.get("rope_parameters") or {})
+  theta = rp.get("rope_theta", hf.get("rope_theta", 10000.0))
+  rs = hf.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
   scaling = None
   if rs:
     if rs.get("rope_type", rs.get("type")) != "llama3":
-      raise ValueError(f"unsupported rope_scaling {rs}")
+      raise ValueError(f"unsupported RoPE scaling {rs}: only llama3 is implemented")
     scaling = RopeScaling(factor=rs["factor"], low_freq_factor=rs["low_freq_factor"],
                           high_freq_factor=rs["high_freq_factor"],
                           original_max_position_embeddings=rs["original_max_position_embeddings"])
@@ -98,7 +102,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
       intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
       num_heads=heads, num_kv_heads=hf.get("num_key_value_heads", heads),
       head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-      rope_theta=float(hf.get("rope_theta", 10000.0)), rope_scaling=scaling,
+      rope_theta=float(theta), rope_scaling=scaling,
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       qkv_bias=arch == "Qwen2ForCausalLM" or bool(hf.get("attention_bias", False)),
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),

@@ -57,3 +57,32 @@ def base_config() -> ml_collections.ConfigDict:
       mask_truncated=False, dynamic_sampling=False, dynamic_eps=1e-6,
       max_gen_rounds=3, reward="binary", overlong_buffer=0))
   return c
+
+
+def sft_config(task: str, model: str = "tiny", quick: bool = False, *, num_steps: int = 1500,
+               seq_len: int = 192, max_seq_len: int = 320, eval_splits=("test",),
+               max_new_tokens: int = 64, eval_every: int = 500, snapshot_every: int = 250):
+  """An SFT experiment; `quick` is a standalone nano run of about a minute."""
+  c = base_config()
+  c.trainer = "sft"
+  c.task = task
+  c.model.preset = model
+  c.model.max_seq_len = max_seq_len
+  c.num_steps = num_steps
+  c.seq_len = seq_len
+  c.eval.splits = tuple(eval_splits)
+  c.eval.max_new_tokens = max_new_tokens
+  c.eval.every = eval_every
+  c.snapshot.every = snapshot_every
+  if quick:
+    c.model.preset = "nano"
+    c.num_steps = 40
+    c.log_every = 10
+    c.snapshot.every = 20
+    c.eval.every = 20
+    c.eval.num_problems = 8
+    c.eval.max_new_tokens = min(48, max_new_tokens)
+    c.eval.gen_loss_examples = 32
+    c.num_train_examples = 512
+    c.batch_size = 16
+  return c

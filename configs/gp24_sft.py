@@ -10,26 +10,8 @@ from configs import common
 
 def get_config(arg=None):
   a = common.parse_arg(arg, quick=False, model="tiny")
-  c = common.base_config()
-  c.trainer = "sft"
-  c.task = "gp24"
-  c.model.preset = a.model
-  c.num_steps = 1500
-  c.batch_size = 32
-  c.seq_len = 192
-  c.optim.learning_rate = 1e-3
-  c.snapshot.every = 100
-  c.eval.every = 250
-  if a.quick:  # standalone from random init, about a minute on 2 CPU cores
-    c.model.preset = "nano"
+  c = common.sft_config("gp24", a.model, a.quick, eval_splits=("id_seen", "id_heldout", "ood"),
+                        eval_every=250, snapshot_every=100)
+  if a.quick:
     c.model.max_seq_len = 192
-    c.num_steps = 40
-    c.log_every = 10
-    c.snapshot.every = 20
-    c.eval.every = 20
-    c.eval.num_problems = 8
-    c.eval.max_new_tokens = 48
-    c.eval.gen_loss_examples = 32
-    c.num_train_examples = 512
-    c.batch_size = 16
   return c

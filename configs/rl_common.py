@@ -18,9 +18,13 @@ def rl_config(task: str, trainer: str = "grpo", quick: bool = False, **rl):
   c.eval.max_new_tokens = 64
   for k, v in rl.items():
     c.rl[k] = v
+  if task == "gsm8k":  # long prompts: subword tokens (an init_from run brings its own)
+    c.tokenizer = "sentencepiece"
+    c.model.vocab_size = 1024
+    c.model.max_seq_len = 1024
   if quick:  # standalone from a random nano model, well under a minute
     c.model.preset = "nano"
-    c.model.max_seq_len = 256
+    c.model.max_seq_len = max(c.model.max_seq_len, 256) if task == "gsm8k" else 256
     c.num_steps = 4
     c.log_every = 2
     c.snapshot.every = 2

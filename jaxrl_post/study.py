@@ -105,7 +105,8 @@ class Study:
       examples = task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
       res = evaluation.evaluate_split(self.sampler(cfg, tok, max_new), params, tok,
                                       examples, task.verify, ec, seed=self.c.seed)
-      res.pop("per_problem", None) if num_samples == 1 else None
+      if num_samples == 1:  # per-problem counts matter for pass@k only
+        res.pop("per_problem", None)
       out[split] = res
     return out
 
@@ -227,8 +228,10 @@ class Study:
     rl = self.stage_result("rl")
     peak = ev["ood_peak_step"]
     last = sft["steps"][-1]
-    src = lambda w, s=None: ckpt_lib.CheckpointSource(os.path.join(w, "checkpoints"),
-                                                      s if s is not None else ckpt_lib.list_steps(os.path.join(w, "checkpoints"))[-1])
+
+    def src(workdir, step=None):
+      return ckpt_lib.CheckpointSource(os.path.join(workdir, "checkpoints"), step)
+
     k = float(self.c.spectral_k)
     pairs = {"sft_peak_to_end": (src(sft["workdir"], peak), src(sft["workdir"], last))}
     for r in rl["runs"]:

@@ -1,281 +1,411 @@
-"""Benchmarks (DESIGN.md section 3): `python -m launch.bench --out=B.json [--quick]`.
+r"""Benchmarks of THE rollout kernel and the train step (DESIGN.md section 3).
 
-Every figure is measured in this run on this machine: the matmul peak and
-copy bandwidth, the rollout kernel (decode / prefill tokens/s, compiles,
-bandwidth), `transformers.generate` on identical weights when installed, the
-SFT train step (tokens/s, MFU against the measured peak), the GRPO step, and
-the SRL similarity reward against the decode that produced its inputs.
-Peers and ours are timed interleaved; ratios are peer time / our time.
+  python -m launch.bench --out=B.json [--quick]
+
+Every figure is measured in this run, on the machine it reports:
+
+* `matmul_peak_gflops`: best of several float32 2048^2 jitted matmuls.
+* `copy_bandwidth_gbs`: best of several jitted copies of a 64 MiB array
+  (bytes read + bytes written over time).
+* `rollout`: `Sampler.generate` on the fixed bench shapes (`tiny`: batch 8
+  and 32, prompt 32, 64 new tokens, EOS blocked so that every row runs to the
+  end, temperature 1 and greedy; plus `small`). Ours and Hugging Face
+  `generate` on identical weights (exported to a Qwen2 directory) are timed
+  interleaved, several rounds, medians reported: this machine drifts by tens
+  of percent over minutes and is shared, so only interleaved ratios mean
+  much. `decode_tokens_per_sec` counts new tokens over the whole `generate`
+  call (prefill included, as for the peer); `decode_only_tokens_per_sec`
+  subtracts a separately timed prefill. `bandwidth_gbs` is the bytes of
+  weights + KV cache that one decode step reads, times the steps, over the
+  decode-only time. `floor_ms_per_step` is a jitted loop of only the decode
+  step's dense matmuls (same shapes): the float32 compute floor of the step.
+* `train`: the SFT train step (`jaxrl_post.trainers.sft.make_train_step`,
+  AdamW) at `small`, batch 32 x 128; MFU = 6 N tokens / time / measured peak.
+* `grpo`: rows of the GRPO step are not measured by this tool yet (an empty
+  list; `trl` is not installed here to compare against).
+
+`--quick` runs the `nano` preset at tiny shapes in seconds (for the tests).
 """
 
+from __future__ import annotations
+
+import importlib.util
 import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from typing import Any, Callable
 
 from absl import app, flags
 
-from launch import common
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Path of the JSON file to write.", required=True)
+flags.DEFINE_bool("quick", False, "Nano preset, tiny shapes: seconds (for tests).")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per rollout row.")
+flags.DEFINE_bool("hf", True, "Compare against transformers.generate if installed.")
+flags.DEFINE_list("presets", ["tiny", "small"], "Rollout presets (ignored with --quick).")
 
-_OUT = flags.DEFINE_string("out", None, "Output JSON path.")
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny shapes (seconds), for tests.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved timing repeats (median reported).")
-flags.mark_flags_as_required(["out"])
+EOS = 2  # blocked: every row runs to the end
 
 
-def _cpu_name():
+# --------------------------------------------------------------------------
+# Timing helpers.
+# --------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  """Wall time of fn() in seconds (fn must block until its result is ready)."""
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def _median(xs) -> float:
+  return float(statistics.median(xs))
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo (platform.processor() otherwise)."""
   try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return platform.processor()
+  return platform.processor() or "unknown"
 
 
-def _best(fn, n=3):
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
-
-
-def measure_peak(quick):
+def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> float:
+  """Best float32 n x n jitted matmul rate, 2 n^3 / time."""
   import jax
   import jax.numpy as jnp
-  n = 512 if quick else 2048
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  dt = _best(lambda: f(a).block_until_ready(), 5)
-  gflops = 2 * n ** 3 / dt / 1e9
-  m = 1 << (22 if quick else 26)
-  x = jnp.ones((m,), jnp.float32)
-  g = jax.jit(lambda v: v + 1.0, donate_argnums=0)
-  x = g(x)
-  x.block_until_ready()
-  t = time.perf_counter()
-  for _ in range(5):
-    x = g(x)
-  x.block_until_ready()
-  gbs = 2 * 4 * m * 5 / (time.perf_counter() - t) / 1e9
-  return gflops, gbs
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(reps))
+  return 2 * n ** 3 / best / 1e9
 
 
-def _hf_generate_fn(params, cfg, batch, prompt_len, new_tokens, greedy):
-  try:
+def copy_bandwidth_gbs(mib: int = 64, reps: int = 8) -> float:
+  """Best jitted copy rate of a float32 array of `mib` MiB: (read + write) / time."""
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((mib * 2 ** 18,), jnp.float32)
+  f = jax.jit(lambda v: v + 1.0)
+  f(x).block_until_ready()
+  best = min(_timed(lambda: f(x).block_until_ready()) for _ in range(reps))
+  return 2 * x.nbytes / best / 1e9
+
+
+# --------------------------------------------------------------------------
+# Hugging Face peer (identical weights).
+# --------------------------------------------------------------------------
+
+
+def hf_available() -> bool:
+  return (importlib.util.find_spec("torch") is not None
+          and importlib.util.find_spec("transformers") is not None)
+
+
+def _export_hf(params, cfg, directory: str) -> None:
+  """Writes params as a HF Qwen2 directory (project exporter if present)."""
+  if importlib.util.find_spec("jaxrl_post.model.hf") is not None:
+    from jaxrl_post.model import hf
+    if hasattr(hf, "export_hf"):
+      hf.export_hf(params, cfg, directory)
+      return
+  _export_qwen2_minimal(params, cfg, directory)
+
+
+def _export_qwen2_minimal(params, cfg, directory: str) -> None:
+  """A minimal Qwen2 export: config.json + model.safetensors (float32).
+
+  Weight mapping (PREAMBLE): q_proj.weight = q[l].reshape(D, H Dh).T,
+  o_proj.weight = o[l].reshape(H Dh, D).T, gate/up/down = .T of ours.
+  """
+  import numpy as np
+  from safetensors.numpy import save_file
+  if cfg.rope_scaling is not None or cfg.head_dim * cfg.num_heads != cfg.hidden_size:
+    raise ValueError("the minimal Qwen2 exporter needs head_dim * num_heads == "
+                     "hidden_size and no rope_scaling")
+  p = {k: np.asarray(v, np.float32) for k, v in params.items() if k != "layers"}
+  lp = {k: np.asarray(v, np.float32) for k, v in params["layers"].items()}
+  d = cfg.hidden_size
+  t = {"model.embed_tokens.weight": p["embed"], "model.norm.weight": p["final_norm"]}
+  if not cfg.tie_embeddings:
+    t["lm_head.weight"] = p["lm_head"].T
+  for l in range(cfg.num_layers):
+    pre = f"model.layers.{l}."
+    t[pre + "input_layernorm.weight"] = lp["attn_norm"][l]
+    t[pre + "post_attention_layernorm.weight"] = lp["mlp_norm"][l]
+    for name in ("q", "k", "v"):
+      t[pre + f"self_attn.{name}_proj.weight"] = lp[name][l].reshape(d, -1).T
+      if cfg.qkv_bias:
+        t[pre + f"self_attn.{name}_proj.bias"] = lp[f"{name}_bias"][l].reshape(-1)
+    t[pre + "self_attn.o_proj.weight"] = lp["o"][l].reshape(-1, d).T
+    t[pre + "mlp.gate_proj.weight"] = lp["gate"][l].T
+    t[pre + "mlp.up_proj.weight"] = lp["up"][l].T
+    t[pre + "mlp.down_proj.weight"] = lp["down"][l].T
+  os.makedirs(directory, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in t.items()},
+            os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  config = {
+      "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+      "vocab_size": cfg.vocab_size, "hidden_size": d,
+      "intermediate_size": cfg.intermediate_size,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads, "hidden_act": "silu",
+      "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.rms_norm_eps,
+      "rope_theta": cfg.rope_theta, "tie_word_embeddings": cfg.tie_embeddings,
+      "use_sliding_window": False, "torch_dtype": "float32",
+      "bos_token_id": 1, "eos_token_id": EOS, "pad_token_id": 0,
+  }
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(config, f, indent=1)
+
+
+class HFPeer:
+  """`Qwen2ForCausalLM.generate` on our weights, every row running N tokens.
+
+  Sampling uses transformers' default filters (top_k=50): here `top_k=0`
+  (the full distribution, as ours samples) made `generate` about 4x slower,
+  so the peer gets its faster setting.
+  """
+
+  def __init__(self, params, cfg, directory: str):
     import torch
     import transformers
-  except ImportError:
-    return None
-  from jaxrl_post.model import hf
-  d = tempfile.mkdtemp()
-  hf.export_hf(params, cfg, d)
-  model = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
-  model.eval()
-  ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len))
+    _export_hf(params, cfg, directory)
+    self.torch = torch
+    self.model = transformers.Qwen2ForCausalLM.from_pretrained(
+        directory, torch_dtype=torch.float32).eval()
 
-  def run():
+  def generate(self, tokens, new_tokens: int, greedy: bool, seed: int) -> None:
+    torch = self.torch
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    torch.manual_seed(seed)
     with torch.no_grad():
-      model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                     min_new_tokens=new_tokens, do_sample=not greedy,
-                     temperature=1.0 if not greedy else None, top_p=None, top_k=0 if not greedy else None,
-                     pad_token_id=0, eos_token_id=None)
-  return run
+      self.model.generate(
+          ids, attention_mask=torch.ones_like(ids), do_sample=not greedy,
+          temperature=None if greedy else 1.0, max_new_tokens=new_tokens,
+          min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=EOS)
 
 
-def bench_rollout(preset, batch, prompt_len, new_tokens, greedy, repeats, peak_bw):
+# --------------------------------------------------------------------------
+# Rollout rows.
+# --------------------------------------------------------------------------
+
+
+def decode_bytes_per_step(cfg, batch: int, cache_slots: int) -> int:
+  """Bytes one decode step reads: every weight once + the whole KV cache."""
+  import numpy as np
+  w = cfg.num_params() * np.dtype(cfg.param_dtype).itemsize
+  kv = (2 * cfg.num_layers * batch * cfg.num_kv_heads * cache_slots * cfg.head_dim
+        * np.dtype(cfg.dtype).itemsize)
+  return int(w + kv)
+
+
+def dense_floor_ms_per_step(cfg, batch: int, steps: int) -> float:
+  """ms per step of a jitted loop of only the decode step's matmuls (same shapes)."""
+  import jax
+  import jax.numpy as jnp
+  D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+  H, KV, Dh, L = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+  dt = jnp.dtype(cfg.dtype)
+  ks = jax.random.split(jax.random.key(0), 5)
+  w = {"qkv": jax.random.normal(ks[0], (L, D, (H + 2 * KV) * Dh), dt) * 0.02,
+       "o": jax.random.normal(ks[1], (L, H * Dh, D), dt) * 0.02,
+       "gu": jax.random.normal(ks[2], (L, D, 2 * F), dt) * 0.02,
+       "down": jax.random.normal(ks[3], (L, F, D), dt) * 0.02,
+       "head": jax.random.normal(ks[4], (D, V), dt) * 0.02}
+  ws = {k: tuple(v[l] for l in range(L)) if k != "head" else v for k, v in w.items()}
+
+  @jax.jit
+  def loop(ws, x):
+    def body(_, x):
+      for l in range(L):
+        qkv = jnp.dot(x, ws["qkv"][l])
+        x = x + jnp.dot(qkv[:, :H * Dh], ws["o"][l])
+        gu = jnp.dot(x, ws["gu"][l])
+        x = x + jnp.dot(gu[:, :F] * gu[:, F:], ws["down"][l])
+      return x + jnp.dot(x, ws["head"])[:, :D] * 1e-3
+    return jax.lax.fori_loop(0, steps, body, x)
+
+  x = jnp.ones((batch, D), dt)
+  loop(ws, x).block_until_ready()
+  best = min(_timed(lambda: loop(ws, x).block_until_ready()) for _ in range(3))
+  return best / steps * 1e3
+
+
+def rollout_rows(preset: str, batches, prompt_len: int, new_tokens: int,
+                 rounds: int, use_hf: bool, quick: bool) -> list[dict]:
+  """Measures one preset at each batch size, temperature 1 and greedy."""
   import jax
   import numpy as np
   from jaxrl_post import model as M
   from jaxrl_post import sampling as S
   cfg = M.get_preset(preset)
   params = M.init_params(cfg, jax.random.key(0))
-  sc = S.SamplingConfig(max_new_tokens=new_tokens, stop_ids=())
-  sampler = S.Sampler(cfg, sc)
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(3, cfg.vocab_size, (batch, prompt_len)).astype(np.int32)
-  mask = np.ones_like(tokens, bool)
-  temp = 0.0 if greedy else 1.0
+  sc = S.SamplingConfig(max_new_tokens=new_tokens, block_ids=(EOS,))
+  peer = None
+  hf_error = None
+  tmp = tempfile.TemporaryDirectory()
+  if use_hf and hf_available():
+    try:
+      peer = HFPeer(params, cfg, tmp.name)
+    except Exception as e:  # a peer that cannot run must not stop the bench
+      hf_error = f"{type(e).__name__}: {e}"
+  rows = []
+  for batch in batches:
+    rng = np.random.default_rng(batch)
+    tokens = rng.integers(3, cfg.vocab_size, (batch, prompt_len)).astype(np.int32)
+    tokens[:, 0] = 1
+    mask = np.ones((batch, prompt_len), bool)
+    sampler = S.Sampler(cfg, sc)
+    prefill = jax.jit(lambda p, t, m, r: S.prefill(p, cfg, sc, t, m, r))
+    floor = dense_floor_ms_per_step(cfg, batch, new_tokens)
+    for temperature in (1.0, 0.0):
+      greedy = temperature == 0.0
 
-  def ours():
-    jax.block_until_ready(sampler.generate(params, tokens, mask, jax.random.key(1), temp))
+      def ours(seed):
+        return jax.block_until_ready(sampler.generate(
+            params, tokens, mask, jax.random.key(seed), temperature))
 
-  ours()
-  # Prefill alone: the same kernel with one new token.
-  pre = S.Sampler(cfg, S.SamplingConfig(max_new_tokens=1))
-  run_pre = lambda: jax.block_until_ready(pre.generate(params, tokens, mask, jax.random.key(1), temp))
-  run_pre()
-  hf_run = _hf_generate_fn(params, cfg, batch, prompt_len, new_tokens, greedy)
-  if hf_run is not None:
-    hf_run()
-  t_ours, t_hf, t_pre = [], [], []
-  for _ in range(repeats):
-    t_ours.append(_best(ours, 1))
-    t_pre.append(_best(run_pre, 1))
-    if hf_run is not None:
-      t_hf.append(_best(hf_run, 1))
-  total = statistics.median(t_ours)
-  prefill = statistics.median(t_pre)
-  decode = max(total - prefill, 1e-9)
-  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-  cache_bytes = 2 * cfg.num_layers * batch * cfg.num_kv_heads * (prompt_len + new_tokens) * cfg.head_dim * 4
-  bw = (weight_bytes + cache_bytes) * new_tokens / decode / 1e9
-  row = {"preset": preset, "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-         "sampling": "greedy" if greedy else "temperature 1",
-         "decode_tokens_per_sec": batch * new_tokens / decode,
-         "prefill_tokens_per_sec": batch * prompt_len / prefill,
-         "end_to_end_tokens_per_sec": batch * new_tokens / total,
-         "compiles": sampler.num_traces, "bandwidth_gbs": bw,
-         "bandwidth_fraction_of_copy": bw / peak_bw if peak_bw else None,
-         "hf_decode_tokens_per_sec": None, "ratio_vs_hf": None}
-  if t_hf:
-    hf_total = statistics.median(t_hf)
-    row["hf_decode_tokens_per_sec"] = batch * new_tokens / hf_total
-    row["ratio_vs_hf"] = hf_total / total  # prefill included on both sides
+      ours(0)  # compile (once for both temperatures)
+      jax.block_until_ready(prefill(params, tokens, mask, jax.random.key(0)))
+      if peer is not None:
+        peer.generate(tokens, new_tokens, greedy, 0)  # warm up
+      t_ours, t_pre, t_hf = [], [], []
+      for r in range(rounds):
+        t_ours.append(_timed(lambda: ours(r + 1)))
+        t_pre.append(_timed(lambda: jax.block_until_ready(
+            prefill(params, tokens, mask, jax.random.key(r)))))
+        if peer is not None:
+          t_hf.append(_timed(lambda: peer.generate(tokens, new_tokens, greedy, r)))
+      gen, pre = _median(t_ours), _median(t_pre)
+      dec = max(gen - pre, 1e-9)
+      n_tok = batch * new_tokens
+      hf = n_tok / _median(t_hf) if t_hf else None
+      row = {
+          "preset": preset, "batch": batch, "prompt_len": prompt_len,
+          "new_tokens": new_tokens, "temperature": temperature,
+          "decode_tokens_per_sec": n_tok / gen,
+          "prefill_tokens_per_sec": batch * prompt_len / pre,
+          "decode_only_tokens_per_sec": n_tok / dec,
+          "compiles": sampler.num_traces,
+          "bandwidth_gbs": decode_bytes_per_step(cfg, batch, prompt_len + new_tokens)
+                           * new_tokens / dec / 1e9,
+          "decode_ms_per_step": dec / new_tokens * 1e3,
+          "floor_ms_per_step": floor,
+          "hf_decode_tokens_per_sec": hf,
+          "ratio_vs_hf": (_median(t_hf) / gen) if t_hf else None,
+          "rounds": rounds,
+      }
+      if hf_error:
+        row["hf_error"] = hf_error
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  tmp.cleanup()
+  return rows
+
+
+# --------------------------------------------------------------------------
+# Train rows.
+# --------------------------------------------------------------------------
+
+
+def train_row(preset: str, batch: int, seq_len: int, peak_gflops: float,
+              reps: int) -> dict:
+  """SFT train step throughput and MFU = 6 N tokens / time / peak."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jaxrl_post import model as M
+  from jaxrl_post.trainers.sft import make_train_step
+  from jaxrl_post.trainers.state import TrainState
+  cfg = M.get_preset(preset)
+  params = M.init_params(cfg, jax.random.key(0))
+  opt = optax.adamw(1e-4)
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params),
+                     rng=jax.random.key_data(jax.random.key(0)))
+  traces = []
+
+  def step(state, batch):
+    traces.append(1)
+    return make_train_step(cfg, opt)(state, batch)
+
+  step = jax.jit(step, donate_argnums=0)
+  toks = jax.random.randint(jax.random.key(1), (batch, seq_len + 1), 3, cfg.vocab_size)
+  data = {"tokens": toks[:, :-1], "targets": toks[:, 1:],
+          "positions": jnp.broadcast_to(jnp.arange(seq_len), (batch, seq_len)),
+          "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
+          "weights": jnp.ones((batch, seq_len), jnp.float32)}
+  state, m = step(state, data)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    state, m = step(state, data)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  t = _median(times)
+  tokens = batch * seq_len
+  row = {"preset": preset, "batch": batch, "seq_len": seq_len,
+         "tokens_per_sec": tokens / t,
+         "mfu": 6 * cfg.num_params() * tokens / t / (peak_gflops * 1e9),
+         "compiles": len(traces), "step_sec": t,
+         "step": "jaxrl_post.trainers.sft.make_train_step + optax.adamw"}
+  print(json.dumps(row), flush=True)
   return row
 
 
-def bench_train(preset, batch, seq_len, peak, repeats):
+# --------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------
+
+
+def run(out: str, quick: bool, rounds: int, use_hf: bool, presets) -> dict:
+  """Runs every benchmark and writes the JSON to `out`."""
   import jax
-  import numpy as np
-  from jaxrl_post import model as M
-  from jaxrl_post import sharding as shd
-  from jaxrl_post.hparams import OptimHParams
-  from jaxrl_post.trainers import sft
-  from jaxrl_post.trainers import state as S
-  cfg = M.get_preset(preset, max_seq_len=max(seq_len, 128))
-  mesh = shd.make_mesh(shd.MeshConfig(1, -1, 1))
-  opt = S.make_optimizer(OptimHParams(), 100)
-  _, sh = S.state_shardings(cfg, opt, mesh)
-  state = S.init_state(cfg, opt, 0, sh)
-  traces = []
-
-  def counted(st, b):
-    traces.append(1)
-    return sft.make_train_step(cfg, opt)(st, b)
-
-  step = jax.jit(counted, in_shardings=(sh, shd.batch_sharding(mesh)), out_shardings=(sh, None),
-                 donate_argnums=0)
-  rng = np.random.default_rng(0)
-  batch_np = {"tokens": rng.integers(3, cfg.vocab_size, (batch, seq_len)).astype(np.int32),
-              "targets": rng.integers(3, cfg.vocab_size, (batch, seq_len)).astype(np.int32),
-              "positions": np.tile(np.arange(seq_len, dtype=np.int32), (batch, 1)),
-              "segment_ids": np.ones((batch, seq_len), np.int32),
-              "weights": np.ones((batch, seq_len), np.float32)}
-  b = shd.shard_batch(batch_np, mesh)
-  state, m = step(state, b)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    state, m = step(state, b)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  dt = statistics.median(times)
-  tokens = batch * seq_len
-  n = cfg.num_params()
-  attn = 6 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim  # per token, fwd+bwd
-  flops = (6 * n + attn) * tokens
-  return {"preset": preset, "batch": batch, "seq_len": seq_len, "tokens_per_sec": tokens / dt,
-          "step_sec": dt, "mfu": flops / dt / (peak * 1e9), "compiles": len(traces)}
-
-
-def bench_grpo(preset, prompts, samples, new_tokens, repeats):
-  import jax
-  import numpy as np
-  from jaxrl_post import model as M
-  from jaxrl_post import rewards as R
-  from jaxrl_post import sampling as S
-  from jaxrl_post import sharding as shd
-  from jaxrl_post.hparams import OptimHParams, RLHParams
-  from jaxrl_post.tasks import gp24
-  from jaxrl_post.tokenizers import CharTokenizer
-  from jaxrl_post.trainers import grpo
-  from jaxrl_post.trainers import state as St
-  tok = CharTokenizer()
-  cfg = M.get_preset(preset)
-  hp = RLHParams(group_size=samples, prompts_per_step=prompts, max_new_tokens=new_tokens)
-  rc = grpo.RLStepConfig(hp=hp, sampling=S.SamplingConfig(max_new_tokens=new_tokens, stop_ids=()))
-  mesh = shd.make_mesh(shd.MeshConfig(1, -1, 1))
-  opt = St.make_optimizer(OptimHParams(learning_rate=1e-5), 100)
-  _, sh = St.state_shardings(cfg, opt, mesh)
-  state = St.init_state(cfg, opt, 0, sh)
-  traces = []
-
-  def counted(st, b):
-    traces.append(1)
-    return grpo.make_rl_step(cfg, rc, opt)(st, b)
-
-  step = jax.jit(counted, in_shardings=(sh, None), out_shardings=(sh, None), donate_argnums=0)
-  ex = gp24.Gp24Task().examples("train", prompts, seed=0)
-  ids = [[tok.bos_id, *tok.encode(e.prompt)] for e in ex]
-  tokens, mask = S.pad_prompts(ids, 0, length=32 if max(map(len, ids)) <= 32 else None)
-  batch = {"prompt_tokens": tokens, "prompt_mask": mask,
-           "reward": R.weighted_sum(task=(R.gp24_reward(ex, R.CharTable.from_tokenizer(tok, cfg.vocab_size)), 1.0))}
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  return {"preset": preset, "prompts": prompts, "samples": samples, "new_tokens": new_tokens,
-          "prompt_len": int(tokens.shape[1]), "step_sec": statistics.median(times),
-          "compiles": len(traces), "trl_step_sec": None, "ratio_vs_trl": None}
-
-
-def bench_similarity(pairs, length, repeats):
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from jaxrl_post.rewards import sequence_ratio
-  rng = np.random.default_rng(0)
-  a = jnp.asarray(rng.integers(0, 30, (pairs, length)))
-  b = jnp.asarray(rng.integers(0, 30, (pairs, length)))
-  n = jnp.full((pairs,), length)
-  f = jax.jit(sequence_ratio)
-  f(a, n, b, n).block_until_ready()
-  dt = statistics.median(_best(lambda: f(a, n, b, n).block_until_ready(), 1) for _ in range(repeats))
-  return {"pairs": pairs, "length": length, "sec": dt}
+  result: dict[str, Any] = {
+      "machine": {"cpu": cpu_model(), "devices": jax.device_count(),
+                  "jax": jax.__version__, "cores": os.cpu_count(),
+                  "load_avg": list(os.getloadavg())},
+  }
+  if quick:
+    result["matmul_peak_gflops"] = matmul_peak_gflops(n=256, reps=3)
+    result["copy_bandwidth_gbs"] = copy_bandwidth_gbs(mib=4, reps=3)
+    result["rollout"] = rollout_rows("nano", (2,), 8, 4, rounds=1,
+                                     use_hf=use_hf, quick=True)
+    result["train"] = [train_row("nano", 2, 16, result["matmul_peak_gflops"], 1)]
+  else:
+    result["matmul_peak_gflops"] = matmul_peak_gflops()
+    result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
+    rows = []
+    for preset in presets:
+      rows += rollout_rows(preset, (8, 32), 32, 64, rounds=rounds, use_hf=use_hf,
+                           quick=False)
+    result["rollout"] = rows
+    result["train"] = [train_row("small", 32, 128, result["matmul_peak_gflops"], 3)]
+  # GRPO step rows (prompts x samples x new tokens vs TRL) are not measured
+  # by this tool: the list stays empty rather than holding an estimate.
+  result["grpo"] = []
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  return result
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.init_runtime()
-  import jax
-  q = _QUICK.value
-  r = _REPEATS.value
-  peak, bw = measure_peak(q)
-  out = {"machine": {"cpu": _cpu_name(), "devices": jax.device_count(), "jax": jax.__version__},
-         "matmul_peak_gflops": peak, "copy_bandwidth_gbs": bw, "rollout": [], "train": [], "grpo": []}
-  if q:
-    shapes = [("nano", 4, 16, 8, True), ("nano", 4, 16, 8, False)]
-  else:
-    shapes = [("tiny", b, 32, 64, g) for b in (8, 32) for g in (False, True)] + [("small", 32, 32, 64, False)]
-  for preset, b, p, n, g in shapes:
-    row = bench_rollout(preset, b, p, n, g, r, bw)
-    out["rollout"].append(row)
-    print(json.dumps(row))
-  out["train"].append(bench_train("nano" if q else "small", 8 if q else 32, 32 if q else 128, peak, r))
-  print(json.dumps(out["train"][-1]))
-  out["grpo"].append(bench_grpo("nano" if q else "tiny", 2 if q else 8, 2 if q else 4, 8 if q else 32, r))
-  print(json.dumps(out["grpo"][-1]))
-  sim = bench_similarity(16 if q else 256, 16 if q else 64, r)
-  dec = next((x for x in out["rollout"] if x["batch"] == (4 if q else 32) and x["sampling"] != "greedy"), None)
-  sim["decode_sec_same_tokens"] = (sim["pairs"] * sim["length"] / dec["decode_tokens_per_sec"]) if dec else None
-  out["srl_similarity"] = sim
-  print(json.dumps(sim))
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, "w") as f:
-    json.dump(out, f, indent=1)
-  print(_OUT.value)
+  if FLAGS.rounds < 1:
+    raise app.UsageError(f"--rounds={FLAGS.rounds} must be >= 1")
+  run(FLAGS.out, FLAGS.quick, FLAGS.rounds, FLAGS.hf, FLAGS.presets)
 
 
 if __name__ == "__main__":

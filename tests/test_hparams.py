@@ -48,3 +48,23 @@ def test_parse_arg():
   assert a.quick is True and a.model == "small"
   with pytest.raises(ValueError, match="unknown config arg"):
     common.parse_arg("fast", quick=False)
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in __import__("os").listdir(__import__("os").path.join(
+        __import__("os").path.dirname(__import__("os").path.dirname(__file__)), "configs"))
+    if f.endswith(".py") and f not in ("__init__.py", "common.py", "rl_common.py", "study.py",
+                                       "study_accel.py")))
+def test_every_experiment_config_validates(name):
+  import importlib
+  module = importlib.import_module(f"configs.{name}")
+  for arg in (None, "quick"):
+    hp = from_config(module.get_config(arg))
+    assert hp.num_steps > 0
+
+
+def test_study_configs_validate():
+  from configs import study, study_accel
+  for c in (study.get_config(), study.get_config("quick"), study_accel.get_config()):
+    for stage in ("base", "sft", "grpo", "rlcr", "srl"):
+      from_config(c[stage])

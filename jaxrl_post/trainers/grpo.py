@@ -267,9 +267,6 @@ class PromptSource:
 
 def run_rl(hp, workdir: str, config_dict: dict | None = None) -> dict:
   """The GRPO / SRL training loop (SRL: `hp.trainer == "srl"`)."""
-  import time
-
-  from jaxrl_post import metrics as metrics_lib
   from jaxrl_post import sharding as shd
   from jaxrl_post.trainers import loop
   from jaxrl_post.trainers import rl_data
@@ -297,42 +294,18 @@ def run_rl(hp, workdir: str, config_dict: dict | None = None) -> dict:
                     in_shardings=(st_sh, None, st_sh.params if ref_params is not None else None),
                     out_shardings=(st_sh, None), donate_argnums=0)
   sampler = loop.make_sampler(ctx, hp.eval.max_new_tokens)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-  progress = metrics_lib.Progress(hp.num_steps, start=start, desc=f"{hp.trainer} {hp.task}")
-  last: dict = {}
-  t0, last_log = time.perf_counter(), start
+  evaluate = lambda st: loop.accuracy_metrics(ctx, sampler, st.params)
   repl = shd.replicated(ctx.mesh)
+  runner = loop.RunLoop(ctx, checkpointer, start, f"{hp.trainer} {hp.task}")
   try:
     if start == 0 and hp.eval.every:
-      base = loop.accuracy_metrics(ctx, sampler, state.params)
-      writer.write(0, base)
+      runner.write(0, evaluate(state))
     for step in range(start, hp.num_steps):
       examples, tokens, mask = source.batch(step)
       batch = jax.device_put({"prompt_tokens": tokens, "prompt_mask": mask,
                               "reward": build_reward(examples)}, repl)
       state, m = step_fn(state, batch, ref_params)
-      done = step + 1
-      is_log = done % hp.log_every == 0 or done == hp.num_steps
-      is_eval = (hp.eval.every and done % hp.eval.every == 0) or done == hp.num_steps
-      is_save = done % hp.snapshot.every == 0 or done == hp.num_steps
-      if is_log or is_save or is_eval:
-        host = {k: float(v) for k, v in jax.device_get(m).items()}
-        loop.check_finite(done, host, checkpointer)
-        # Every step of a run processes the same number of rows, so the
-        # logged step's token count stands for each step since the last log.
-        host["tokens_per_sec"] = host.pop("tokens") * (done - last_log) / max(
-            time.perf_counter() - t0, 1e-9)
-        if is_eval:
-          host.update(loop.accuracy_metrics(ctx, sampler, state.params))
-        writer.write(done, host)
-        progress.update(done, host)
-        last = host
-        t0, last_log = time.perf_counter(), done
-      if is_save:
-        checkpointer.save(done, state, meta={"step": done})
-    checkpointer.wait()
+      runner.after_step(step + 1, state, m, evaluate)
   finally:
-    checkpointer.close()
-    writer.close()
-    progress.close()
-  return last
+    runner.close()
+  return runner.last

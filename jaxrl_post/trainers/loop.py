@@ -17,7 +17,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
 from absl import logging
 
 from jaxrl_post import checkpoint as ckpt_lib
@@ -165,10 +164,52 @@ def _eval_rows(ctx: RunContext) -> int:
   return max(n, (64 // n) * n)
 
 
-def timed(fn: Callable, *args):
-  t = time.perf_counter()
-  out = fn(*args)
-  return out, time.perf_counter() - t
+class RunLoop:
+  """Host-side bookkeeping shared by every trainer's loop.
+
+  After each step, `after_step` decides whether to log, evaluate and save
+  (per the config), fetches the metrics only then (one host sync), stops on a
+  non-finite loss before any snapshot of the bad state is written, and
+  writes metrics.jsonl / TensorBoard / the progress line.
+  """
+
+  def __init__(self, ctx: RunContext, checkpointer, start: int, desc: str):
+    self.hp = ctx.hp
+    self.checkpointer = checkpointer
+    self.writer = metrics_lib.MetricWriter(ctx.workdir, resume_step=start)
+    self.progress = metrics_lib.Progress(ctx.hp.num_steps, start=start, desc=desc)
+    self.last: dict = {}
+    self._t0, self._last_log = time.perf_counter(), start
+
+  def write(self, step: int, metrics: dict):
+    self.writer.write(step, metrics)
+
+  def after_step(self, done: int, state, metrics, evaluate: Callable[[Any], dict]):
+    hp = self.hp
+    is_last = done == hp.num_steps
+    is_log = done % hp.log_every == 0 or is_last
+    is_eval = bool(hp.eval.every and done % hp.eval.every == 0) or is_last
+    is_save = done % hp.snapshot.every == 0 or is_last
+    if is_log or is_save or is_eval:
+      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      check_finite(done, host, self.checkpointer)
+      # Every step has the same batch shape, so the logged step's token count
+      # stands for each step since the last log.
+      host["tokens_per_sec"] = host.pop("tokens") * (done - self._last_log) / max(
+          time.perf_counter() - self._t0, 1e-9)
+      if is_eval:
+        host.update(evaluate(state))
+      self.writer.write(done, host)
+      self.progress.update(done, host)
+      self.last = host
+      self._t0, self._last_log = time.perf_counter(), done
+    if is_save:
+      self.checkpointer.save(done, state, meta={"step": done})
+
+  def close(self):
+    self.checkpointer.close()  # waits for the last async save
+    self.writer.close()
+    self.progress.close()
 
 
 # --------------------------------------------------------------------------
@@ -211,41 +252,21 @@ def run_sft(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> 
                     donate_argnums=0)
   eval_loss = jax.jit(sft.make_eval_loss(ctx.cfg), in_shardings=(st_sh.params, batch_sh))
   sampler = make_sampler(ctx, hp.eval.max_new_tokens)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-  progress = metrics_lib.Progress(hp.num_steps, start=start, desc=f"sft {hp.task}")
-  last: dict = {}
-  t0, last_log = time.perf_counter(), start
+
+  def evaluate(st):
+    out = {"gen_loss": sft.mean_nll(eval_loss, st.params,
+                                    [shd.shard_batch(b, ctx.mesh) for b in held_batches])}
+    out.update(accuracy_metrics(ctx, sampler, st.params))
+    return out
+
+  runner = RunLoop(ctx, checkpointer, start, f"sft {hp.task}")
   try:
     for step in range(start, hp.num_steps):
-      batch = shd.shard_batch(stream.batch(step), ctx.mesh)
-      state, m = step_fn(state, batch)
-      done = step + 1
-      is_log = done % hp.log_every == 0 or done == hp.num_steps
-      is_eval = (hp.eval.every and done % hp.eval.every == 0) or done == hp.num_steps
-      is_save = done % hp.snapshot.every == 0 or done == hp.num_steps
-      if is_log or is_save or is_eval:
-        host = {k: float(v) for k, v in jax.device_get(m).items()}
-        check_finite(done, host, checkpointer)
-        # Every step has the same batch shape: the logged step's token count
-        # stands for each step since the last log.
-        host["tokens_per_sec"] = host.pop("tokens") * (done - last_log) / max(
-            time.perf_counter() - t0, 1e-9)
-        if is_eval:
-          host["gen_loss"] = sft.mean_nll(eval_loss, state.params, [
-              shd.shard_batch(b, ctx.mesh) for b in held_batches])
-          host.update(accuracy_metrics(ctx, sampler, state.params))
-        writer.write(done, host)
-        progress.update(done, host)
-        last = host
-        t0, last_log = time.perf_counter(), done
-      if is_save:
-        checkpointer.save(done, state, meta={"step": done})
-    checkpointer.wait()
+      state, m = step_fn(state, shd.shard_batch(stream.batch(step), ctx.mesh))
+      runner.after_step(step + 1, state, m, evaluate)
   finally:
-    checkpointer.close()
-    writer.close()
-    progress.close()
-  return last
+    runner.close()
+  return runner.last
 
 
 def initial_params(ctx: RunContext):

@@ -108,3 +108,25 @@ def test_analyze_writes_json_and_figures(workdir, tmp_path):
   p = _run("launch.analyze", f"--ref={workdir}:5", f"--runs={workdir}:99", f"--out={tmp_path}/b",
            check=False)
   assert p.returncode != 0 and "step 99" in p.stderr
+
+
+def test_a_run_that_died_before_its_first_snapshot_restarts_from_init_from(workdir, tmp_path):
+  """Regression: such a workdir must not silently fall back to a fresh init."""
+  import shutil
+
+  import numpy as np
+
+  from configs import gp24_grpo
+  from jaxrl_post import checkpoint
+  from jaxrl_post.hparams import from_config
+  from jaxrl_post.trainers import loop
+  d = tmp_path / "died"
+  d.mkdir()
+  shutil.copy(os.path.join(workdir, "model_config.json"), d / "model_config.json")
+  shutil.copytree(os.path.join(workdir, "tokenizer"), d / "tokenizer")
+  c = gp24_grpo.get_config("quick")
+  c.init_from = workdir
+  c.mesh = (1, 1, 1)
+  ctx = loop.setup(from_config(c), str(d))
+  want, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints"))
+  np.testing.assert_array_equal(ctx.init_params["layers"]["q"], want["layers"]["q"])

@@ -70,11 +70,15 @@ def setup(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> Ru
   tok_dir = os.path.join(workdir, "tokenizer")
   cfg_path = os.path.join(workdir, "model_config.json")
   init_params = None
-  if os.path.exists(cfg_path):  # resuming this workdir
+  resuming = os.path.exists(cfg_path)
+  has_snapshot = bool(ckpt_lib.list_steps(os.path.join(workdir, "checkpoints")))
+  if resuming and (has_snapshot or not hp.init_from):
     with open(cfg_path) as f:
       cfg = ModelConfig.from_dict(json.load(f))
     tokenizer = tok_lib.load_tokenizer(tok_dir)
   elif hp.init_from:
+    # (Also when a previous attempt died before its first snapshot: the run
+    # must start from init_from again, not from a fresh init.)
     cfg, tokenizer, init_params, desc = loading.load_model(hp.init_from)
     logging.info("init_from %s", desc)
     tokenizer.save(tok_dir)

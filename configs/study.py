@@ -52,16 +52,18 @@ def get_config(arg=None):
   c.grpo = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                   optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
                   snapshot=dict(every=2 if q else 20), rl=dict(rl), eval=dict(ev))
+  # Completions that end with `Confidence: q` need a longer budget.
   c.rlcr = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                   optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
-                  snapshot=dict(every=2 if q else 20), rl=dict(rl, reward="rlcr"), eval=dict(ev))
+                  snapshot=dict(every=2 if q else 20),
+                  rl=dict(rl, reward="rlcr", max_new_tokens=72), eval=dict(ev, max_new_tokens=72))
   c.srl = _stage("srl", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
                  optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
                  snapshot=dict(every=2 if q else 20),
                  rl=dict(rl, dynamic_sampling=False, dynamic_eps=0.01), eval=dict(ev))
   # Which SFT snapshots RL starts from: "first", "ood_peak", "last" (and any
   # explicit steps).
-  c.rl_starts = ("first", "ood_peak", "last")
+  c.rl_starts = ("first", "ood_peak", "mid", "last")  # >= 3 points for the Spearman table
   c.conf_sft_steps = 10 if q else 60
   c.eval_samples = 4 if q else 16   # n for pass@k of SFT snapshots (pass@large-k)
   c.eval_k = (1, 4) if q else (1, 4, 16)

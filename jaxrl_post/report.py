@@ -24,6 +24,8 @@ def _fmt(x, nd=3):
   if x is None:
     return "–"
   if isinstance(x, float):
+    if x != 0 and abs(x) < 10 ** -nd:
+      return f"{x:.2e}"  # small but not zero: keep it visible
     return f"{x:.{nd}f}"
   return str(x)
 
@@ -211,7 +213,7 @@ def write_report(study) -> dict:
         "With so few points this is weak evidence.", "",
         _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
         "", "## 4. Calibration: binary reward vs RLCR", "",
-        f"From the OOD-peak snapshot (step {st['rlcr']['start_step']}), after a short SFT on "
+        f"From the last SFT snapshot (step {st['rlcr']['start_step']}), after a short SFT on "
         "targets that end with `Confidence: 1.0` (row `sft_conf`); then GRPO with the binary "
         f"reward or the RLCR reward. {study.c.eval_samples} samples per problem at T=1, "
         f"{n_prob} problems.", "",
@@ -231,7 +233,7 @@ def write_report(study) -> dict:
         "Pooled over every 2-D matrix (scanned layers split per layer); angles between the top-k "
         f"(k = {study.c.spectral_k} of the rank) singular subspaces; sparsity = fraction of "
         "parameters whose bf16 value did not change.", "",
-        _table(["pair", "mean angle L (deg)", "mean |sv change|", "rotation energy",
+        _table(["pair", "mean angle L (deg)", "mean abs rel. sv change", "rotation energy",
                 "scaling energy", "sparsity bf16"],
                [[n, _pooled(p).get("mean_angle_deg_left"), _pooled(p).get("mean_abs_sv_rel_change"),
                  _pooled(p).get("rotation_energy"), _pooled(p).get("scaling_energy"),

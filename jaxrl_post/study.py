@@ -92,11 +92,11 @@ class Study:
     return self._samplers[key]
 
   def evaluate(self, workdir: str, step: int | None, *, num_samples: int = 1,
-               ks=(1,), splits=SPLITS, task=None) -> dict:
+               ks=(1,), splits=SPLITS, task=None, max_new: int | None = None) -> dict:
     """Accuracy (and pass@k when num_samples > 1) of one snapshot."""
     cfg, tok, params, got = loading.load_workdir(workdir, step)
     task = task or self.task
-    max_new = int(self.c.sft.eval.max_new_tokens)
+    max_new = max_new or int(self.c.sft.eval.max_new_tokens)
     ec = evaluation.EvalConfig(num_samples=num_samples,
                                temperature=0.0 if num_samples == 1 else 1.0,
                                max_new_tokens=max_new, rows=64, ks=tuple(ks))
@@ -152,7 +152,8 @@ class Study:
   def _rl_starts(self) -> list[int]:
     ev = self.stage_result("sft_eval")
     steps = [r["step"] for r in ev["rows"] if r["label"] != "base"]
-    named = {"first": steps[0], "last": steps[-1], "ood_peak": ev["ood_peak_step"]}
+    named = {"first": steps[0], "mid": steps[len(steps) // 2], "last": steps[-1],
+             "ood_peak": ev["ood_peak_step"]}
     out = []
     for s in self.c.rl_starts:
       step = named[s] if s in named else int(s)
@@ -175,7 +176,9 @@ class Study:
 
   def stage_rlcr(self) -> dict:
     sft = self.stage_result("sft")
-    start = self.stage_result("sft_eval")["ood_peak_step"]
+    # From the last SFT snapshot, the most accurate one: calibration needs
+    # some correct answers to calibrate against.
+    start = sft["steps"][-1]
     task = tasks_lib.get_task("gp24", confidence=True)
     out = {"start_step": start}
     # The SFT model never states a confidence: a short SFT on targets ending in
@@ -184,17 +187,20 @@ class Study:
     conf_cfg.task_options = {"confidence": True}
     conf_cfg.num_steps = int(self.c.conf_sft_steps)
     conf_w = self.train("sft_conf", conf_cfg, init_from=f"{sft['workdir']}:{start}")
+    # Outputs with a confidence line are longer: the stage has its own budget.
+    budget = int(self.c.rlcr.eval.max_new_tokens)
     before = self.evaluate(conf_w, None, num_samples=int(self.c.eval_samples), ks=(1,),
-                           splits=("id_heldout", "ood"), task=task)
+                           splits=("id_heldout", "ood"), task=task, max_new=budget)
     out["sft_conf"] = {"workdir": conf_w, **{f"{k}/{s}": before[s][k] for s in ("id_heldout", "ood")
                                              for k in ("accuracy", "ece", "brier",
                                                        "confidence_format_rate")}}
-    for name, stage in (("binary", self.c.grpo), ("rlcr", self.c.rlcr)):
-      cfg = copy.deepcopy(stage)
+    for name in ("binary", "rlcr"):  # the same run but for the reward
+      cfg = copy.deepcopy(self.c.rlcr)
+      cfg.rl.reward = name
       cfg.task_options = {"confidence": True}
       w = self.train(f"calib_{name}", cfg, init_from=conf_w)
       ev = self.evaluate(w, None, num_samples=int(self.c.eval_samples), ks=(1,),
-                         splits=("id_heldout", "ood"), task=task)
+                         splits=("id_heldout", "ood"), task=task, max_new=budget)
       out[name] = {"workdir": w, **{f"{k}/{s}": ev[s][k] for s in ("id_heldout", "ood")
                                     for k in ("accuracy", "ece", "brier",
                                               "confidence_format_rate")}}

@@ -118,12 +118,14 @@ def _spectral_figure(pairs: dict, path):
 def findings(st: dict) -> list[tuple[str, bool | None, str]]:
   """(claim, reproduced?, evidence) computed from the stage results."""
   out = []
-  rows = [r for r in st["sft_eval"]["rows"] if r["label"] != "base"]
-  peak = max(rows, key=lambda r: (r["acc/ood"], -r["step"]))
+  all_rows = st["sft_eval"]["rows"]  # the base first, then the SFT snapshots
+  rows = [r for r in all_rows if r["label"] != "base"]
+  best = max(all_rows, key=lambda r: r["acc/ood"])
   end = rows[-1]
-  erodes = end["acc/ood"] < peak["acc/ood"]
+  erodes = end["acc/ood"] < best["acc/ood"]
   out.append(("SFT erodes OOD skill (OOD peaks early, then declines)", erodes,
-              f"OOD {peak['acc/ood']:.3f} at step {peak['step']} -> {end['acc/ood']:.3f} at step {end['step']}"))
+              f"OOD {best['acc/ood']:.3f} at {best['label']} -> {end['acc/ood']:.3f} at "
+              f"{end['label']} ({rows[0]['n_problems']} problems)"))
   rl = st["rl"]["runs"]
   from_end = [r for r in rl if r["start_step"] == end["step"]]
   if from_end:
@@ -139,7 +141,13 @@ def findings(st: dict) -> list[tuple[str, bool | None, str]]:
     svc = np.mean([_pooled(p).get("mean_abs_sv_rel_change", np.nan) for p in rl_pairs])
     out.append(("RL's update is a rotation of singular vectors, not a change of singular values",
                 bool(rot > sca), f"rotation energy {rot:.3f} vs scaling {sca:.3f}; mean angle "
-                f"{ang:.2f} deg; mean |sv change| {svc:.4f}"))
+                f"{ang:.2f} deg; mean abs relative sv change {svc:.4f}"))
+    sft_pair = pairs.get("sft_peak_to_end")
+    if sft_pair is not None:
+      rl_sp = np.mean([_pooled(p).get("sparsity_bfloat16", np.nan) for p in rl_pairs])
+      sft_sp = _pooled(sft_pair).get("sparsity_bfloat16", np.nan)
+      out.append(("RL updates a small subnetwork; SFT updates are dense (bf16 sparsity)",
+                  bool(rl_sp > sft_sp), f"unchanged in bf16: RL {rl_sp:.3f} vs SFT {sft_sp:.3f}"))
   rest = st["spectral"]["restoration"]["rows"]
   if rest:
     best = max(rest, key=lambda r: r["acc/ood"])

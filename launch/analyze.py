@@ -29,9 +29,13 @@ flags.mark_flags_as_required(["ref", "out"])
 
 
 def _source(spec):
+  """workdir[:step] -> CheckpointSource; an HF directory -> its imported params."""
   from jaxrl_post import checkpoint
   from jaxrl_post.model import loading
   path, step = loading.split_step(spec)
+  if os.path.exists(os.path.join(path, "config.json")) and not loading.is_workdir(path):
+    from jaxrl_post.model import hf
+    return checkpoint.DictSource(hf.import_hf(path)[0], name=path)
   ck = os.path.join(path, "checkpoints")
   if not checkpoint.list_steps(ck):
     raise app.UsageError(f"{spec}: no snapshots under {ck}")
@@ -65,6 +69,8 @@ def main(argv):
       ck = os.path.join(path, "checkpoints")
       out["series"][path] = spectral.series(
           ref, [(f"{path}:{s}", checkpoint.CheckpointSource(ck, s)) for s in checkpoint.list_steps(ck)], k, _TOL.value)
+  if out["series"]:
+    figures.series_plot(out["series"], os.path.join(_OUT.value, "series.png"))
   if _RESTORE.value:
     out["restoration"] = _restoration(restore, figures)
   out["wall_time_sec"] = time.perf_counter() - t0

@@ -368,6 +368,72 @@ def train_row(preset: str, batch: int, seq_len: int, peak_gflops: float,
 # --------------------------------------------------------------------------
 
 
+def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int) -> dict:
+  """One jitted GRPO step (rollout through the kernel + gp24 reward + update)."""
+  import jax
+  from jaxrl_post import model as M
+  from jaxrl_post import rewards as R
+  from jaxrl_post import sampling as S
+  from jaxrl_post import sharding as shd
+  from jaxrl_post.hparams import OptimHParams, RLHParams
+  from jaxrl_post.tasks import gp24
+  from jaxrl_post.tokenizers import CharTokenizer
+  from jaxrl_post.trainers import grpo
+  from jaxrl_post.trainers import state as St
+  tok = CharTokenizer()
+  cfg = M.get_preset(preset)
+  hp = RLHParams(group_size=samples, prompts_per_step=prompts, max_new_tokens=new_tokens)
+  rc = grpo.RLStepConfig(hp=hp, sampling=S.SamplingConfig(max_new_tokens=new_tokens))
+  mesh = shd.make_mesh(shd.MeshConfig(1, -1, 1))
+  opt = St.make_optimizer(OptimHParams(learning_rate=1e-5), 100)
+  _, sh = St.state_shardings(cfg, opt, mesh)
+  state = St.init_state(cfg, opt, 0, sh)
+  traces = []
+
+  def counted(st, b):
+    traces.append(1)
+    return grpo.make_rl_step(cfg, rc, opt)(st, b)
+
+  step = jax.jit(counted, in_shardings=(sh, None), out_shardings=(sh, None), donate_argnums=0)
+  ex = gp24.Gp24Task().examples("train", prompts, seed=0)
+  ids = [[tok.bos_id, *tok.encode(e.prompt)][-32:] for e in ex]  # the bench's prompt 32
+  tokens, mask = S.pad_prompts(ids, 0, length=32)
+  table = R.CharTable.from_tokenizer(tok, cfg.vocab_size)
+  batch = {"prompt_tokens": tokens, "prompt_mask": mask,
+           "reward": R.weighted_sum(task=(R.gp24_reward(ex, table), 1.0))}
+  holder = {"state": state}
+
+  def once():
+    holder["state"], m = step(holder["state"], batch)
+    jax.block_until_ready(m)
+
+  once()
+  dt = _median([_timed(once) for _ in range(reps)])
+  row = {"preset": preset, "prompts": prompts, "samples": samples, "new_tokens": new_tokens,
+         "step_sec": dt, "compiles": len(traces), "trl_step_sec": None, "ratio_vs_trl": None}
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def similarity_row(pairs: int, length: int, reps: int, decode_tps: float | None) -> dict:
+  """SRL's sequence_ratio on `pairs` pairs against decoding the same tokens."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jaxrl_post.rewards import sequence_ratio
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.integers(0, 30, (pairs, length)))
+  b = jnp.asarray(rng.integers(0, 30, (pairs, length)))
+  n = jnp.full((pairs,), length)
+  f = jax.jit(sequence_ratio)
+  f(a, n, b, n).block_until_ready()
+  dt = _median([_timed(lambda: f(a, n, b, n).block_until_ready()) for _ in range(reps)])
+  row = {"pairs": pairs, "length": length, "similarity_sec": dt,
+         "decode_sec_same_tokens": pairs * length / decode_tps if decode_tps else None}
+  print(json.dumps(row), flush=True)
+  return row
+
+
 def run(out: str, quick: bool, rounds: int, use_hf: bool, presets) -> dict:
   """Runs every benchmark and writes the JSON to `out`."""
   import jax
@@ -391,9 +457,13 @@ def run(out: str, quick: bool, rounds: int, use_hf: bool, presets) -> dict:
                            quick=False)
     result["rollout"] = rows
     result["train"] = [train_row("small", 32, 128, result["matmul_peak_gflops"], 3)]
-  # GRPO step rows (prompts x samples x new tokens vs TRL) are not measured
-  # by this tool: the list stays empty rather than holding an estimate.
-  result["grpo"] = []
+  # GRPO step (TRL is not installed here: its fields stay null).
+  result["grpo"] = [grpo_row("nano", 2, 2, 8, 1) if quick else grpo_row("tiny", 8, 4, 32, 3)]
+  # SRL similarity reward vs the decode that produced its inputs (batch-32 row).
+  dec = [r for r in result["rollout"] if r.get("temperature", 1.0) > 0]
+  tps = dec[-1]["decode_tokens_per_sec"] if dec else None
+  result["srl_similarity"] = similarity_row(16 if quick else 256, 16 if quick else 64,
+                                            1 if quick else 3, tps)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)

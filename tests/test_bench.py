@@ -48,11 +48,16 @@ def test_rollout_rows_follow_the_contract(result):
     assert r["hf_decode_tokens_per_sec"] is None and r["ratio_vs_hf"] is None
 
 
-def test_train_rows_and_grpo_list(result):
+def test_train_grpo_and_similarity_rows(result):
   (row,) = result["train"]
   assert set(row) >= {"preset", "batch", "seq_len", "tokens_per_sec", "mfu", "compiles"}
   assert row["compiles"] == 1 and 0 < row["mfu"] and _number(row["tokens_per_sec"])
-  assert result["grpo"] == []
+  (g,) = result["grpo"]
+  assert set(g) >= {"preset", "prompts", "samples", "new_tokens", "step_sec", "trl_step_sec",
+                    "ratio_vs_trl"}
+  assert g["compiles"] == 1 and g["step_sec"] > 0
+  sim = result["srl_similarity"]
+  assert sim["similarity_sec"] > 0 and sim["decode_sec_same_tokens"] > 0
 
 
 def test_minimal_hf_export_matches_our_logits(tmp_path):

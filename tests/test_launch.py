@@ -130,3 +130,16 @@ def test_a_run_that_died_before_its_first_snapshot_restarts_from_init_from(workd
   ctx = loop.setup(from_config(c), str(d))
   want, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints"))
   np.testing.assert_array_equal(ctx.init_params["layers"]["q"], want["layers"]["q"])
+
+
+def test_analyze_series_and_imported_reference(workdir, tmp_path):
+  _run("launch.analyze", f"--ref={workdir}:5", f"--runs={workdir}", "--series", f"--out={tmp_path}/s")
+  res = json.load(open(tmp_path / "s" / "spectral.json"))
+  assert [r["label"] for r in res["series"][workdir]] == [f"{workdir}:5", f"{workdir}:10"]
+  # A snapshot against itself: arccos near 1 turns float32 noise into ~0.01 deg.
+  assert res["series"][workdir][0]["mean_angle_deg_left"] < 0.1
+  assert os.path.getsize(tmp_path / "s" / "series.png") > 1000
+  hf_dir = os.path.join(ROOT, "tests", "fixtures", "hf", "qwen2")
+  _run("launch.analyze", f"--ref={hf_dir}", f"--runs={hf_dir}", f"--out={tmp_path}/h")
+  pooled = next(iter(json.load(open(tmp_path / "h" / "spectral.json"))["pairs"].values()))["pooled"]
+  assert pooled["sparsity_float32"] == 1.0

@@ -94,3 +94,19 @@ def all_figures(result: dict, out_dir: str, prefix: str) -> list[str]:
           angle_vs_index(result, os.path.join(out_dir, f"{prefix}_angle_index.png")),
           spectra(result, os.path.join(out_dir, f"{prefix}_spectra.png")),
           sparsity_per_layer(result, os.path.join(out_dir, f"{prefix}_sparsity.png"))]
+
+
+def series_plot(rows_by_run: dict[str, list[dict]], path: str) -> str:
+  """Mean principal angle and mean |relative sv change| against each snapshot."""
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+  for run, rows in rows_by_run.items():
+    steps = [int(r["label"].rsplit(":", 1)[1]) for r in rows]
+    axes[0].plot(steps, [r.get("mean_angle_deg_left", np.nan) for r in rows], "-o", label=run)
+    axes[1].plot(steps, [r.get("mean_abs_sv_rel_change", np.nan) for r in rows], "-o", label=run)
+  axes[0].set_ylabel("mean principal angle (deg)")
+  axes[1].set_ylabel("mean |relative sv change|")
+  for ax in axes:
+    ax.set_xlabel("snapshot step")
+  axes[0].legend(fontsize=7)
+  fig.suptitle("Reference vs every snapshot: directions vs spectrum")
+  return _save(fig, path)

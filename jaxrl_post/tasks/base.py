@@ -119,5 +119,16 @@ def evaluate_formula(formula: str, max_digits: int = 4) -> tuple[Fraction, list[
   return value, numbers
 
 
+def answer_value(text: str) -> tuple[Fraction, list[int]] | None:
+  """(value, literals) of the formula after the last `Answer:`; None if absent or illegal."""
+  formula = extract_answer(text)
+  if formula is None:
+    return None
+  try:
+    return evaluate_formula(formula)
+  except FormulaError:
+    return None
+
+
 def fmt_value(v: Fraction) -> str:
   return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"

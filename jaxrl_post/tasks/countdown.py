@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxrl_post.tasks.base import Example, FormulaError, evaluate_formula, extract_answer
+from jaxrl_post.tasks.base import Example, answer_value
 from jaxrl_post.tasks.solver import solve
 
 SPLITS = ("train", "test")
@@ -32,13 +32,10 @@ def _split_of(numbers: Sequence[int], target: int) -> str:
 
 def verify_numbers(numbers: Sequence[int], target: int, text: str) -> bool:
   """True iff the last `Answer:` formula uses each number at most once and equals target."""
-  formula = extract_answer(text)
-  if formula is None:
+  parsed = answer_value(text)
+  if parsed is None:
     return False
-  try:
-    value, used = evaluate_formula(formula)
-  except FormulaError:
-    return False
+  value, used = parsed
   avail = Counter(numbers)
   return all(avail[k] >= c for k, c in Counter(used).items()) and value == target
 

@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxrl_post.tasks.base import (Example, FormulaError, evaluate_formula,
-                                   extract_answer)
+from jaxrl_post.tasks.base import (Example, FormulaError, answer_value,
+                                   evaluate_formula, extract_answer)
 from jaxrl_post.tasks.solver import solvable, solve
 
 RANK_NAMES = {1: "A", 11: "J", 12: "Q", 13: "K"}
@@ -169,13 +169,10 @@ class Gp24Task:
 
 def verify_values(values: Sequence[int], text: str, target: int = TARGET) -> bool:
   """True iff the last `Answer:` formula uses exactly `values` and equals target."""
-  formula = extract_answer(text)
-  if formula is None:
+  parsed = answer_value(text)
+  if parsed is None:
     return False
-  try:
-    value, numbers = evaluate_formula(formula)
-  except FormulaError:
-    return False
+  value, numbers = parsed
   return Counter(numbers) == Counter(values) and value == target
 
 

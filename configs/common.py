@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.trainer = "sft"
   c.task = "gp24"
   c.task_options = ml_collections.ConfigDict()
+  c.data_dir = ""  # tfds cache of the task examples (jaxrl_post/tasks/tfds_data.py); "": in memory
   c.seed = 0
   c.tokenizer = "char"
   c.init_from = ""

@@ -103,6 +103,7 @@ class TrainHParams:
   rl: RLHParams
   expert_all_solutions: bool
   task_options: tuple[tuple[str, Any], ...]
+  data_dir: str = ""  # tfds cache of the task examples ("": generate in memory)
 
 
 def _sub(config, name: str) -> dict[str, Any]:
@@ -178,4 +179,5 @@ def from_config(config) -> TrainHParams:
       num_train_examples=int(config.get("num_train_examples", 20000)),
       mesh=mesh, optim=optim, snapshot=snapshot, eval=ev, rl=rl,
       expert_all_solutions=bool(config.get("expert_all_solutions", True)),
-      task_options=tuple(sorted(_sub(config, "task_options").items())))
+      task_options=tuple(sorted(_sub(config, "task_options").items())),
+      data_dir=str(config.get("data_dir", "") or ""))

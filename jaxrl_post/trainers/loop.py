@@ -54,10 +54,19 @@ class RunContext:
 # --------------------------------------------------------------------------
 
 
+def task_examples(hp: TrainHParams, task, split: str, n: int, seed: int) -> list:
+  """`task.examples(split, n, seed)`; read from the tfds cache when `hp.data_dir` is set."""
+  if not hp.data_dir:
+    return task.examples(split, n=n, seed=seed)
+  from jaxrl_post.tasks import tfds_data
+  return tfds_data.load_examples(hp.task, split, n, seed, data_dir=hp.data_dir,
+                                 task_options=dict(hp.task_options))
+
+
 def _build_tokenizer(hp: TrainHParams, task, directory: str):
   if hp.tokenizer == "char":
     return tok_lib.CharTokenizer()
-  corpus = [e.prompt + "\n" + e.completion for e in task.examples("train", n=2000, seed=hp.seed)]
+  corpus = [e.prompt + "\n" + e.completion for e in task_examples(hp, task, "train", 2000, hp.seed)]
   return tok_lib.SentencePieceTokenizer.train(corpus, directory,
                                               vocab_size=hp.model.vocab_size)
 
@@ -142,7 +151,7 @@ def make_sampler(ctx: RunContext, max_new_tokens: int) -> S.Sampler:
 
 
 def eval_examples(ctx: RunContext, split: str, n: int) -> list:
-  return ctx.task.examples(split, n=n, seed=ctx.hp.seed + 12345)
+  return task_examples(ctx.hp, ctx.task, split, n, ctx.hp.seed + 12345)
 
 
 def accuracy_metrics(ctx: RunContext, sampler: S.Sampler, params,
@@ -224,7 +233,7 @@ class RunLoop:
 def sft_data(ctx: RunContext):
   """(train BatchStream, held-out gen-loss batches)."""
   hp = ctx.hp
-  train = ctx.task.examples("train", n=hp.num_train_examples, seed=hp.seed)
+  train = task_examples(hp, ctx.task, "train", hp.num_train_examples, hp.seed)
   pool = data_lib.tokenize_examples(train, ctx.tokenizer, hp.seq_len + 1, "train examples")
   stream = data_lib.BatchStream(pool, hp.batch_size * hp.grad_accum, hp.seq_len,
                                 ctx.tokenizer.pad_id, hp.seed, pack=hp.pack)

@@ -46,10 +46,11 @@ def task_reward_builder(ctx, table):
 def make_source(ctx):
   """(PromptSource, build_reward) for the run's trainer (grpo or srl)."""
   from jaxrl_post.trainers.grpo import PromptSource
+  from jaxrl_post.trainers.loop import task_examples
   hp = ctx.hp
   table = R.CharTable.from_tokenizer(ctx.tokenizer, ctx.cfg.vocab_size)
   rounds = hp.rl.max_gen_rounds if hp.rl.dynamic_sampling else 1
-  problems = ctx.task.examples("train", n=min(hp.num_train_examples, 4096), seed=hp.seed)
+  problems = task_examples(hp, ctx.task, "train", min(hp.num_train_examples, 4096), hp.seed)
   if hp.trainer == "srl":
     examples = [inst for e in problems for inst in steps_lib.step_instances(e)]
     max_action = max(8, max(len(e.meta["expert_step"]) for e in examples) * 2)

@@ -14,6 +14,7 @@ from jaxrl_post.model import ModelConfig, get_preset
 
 TRAINERS = ("sft", "grpo", "srl")
 TASKS = ("gp24", "countdown", "gsm8k", "arith")
+CARD_TASKS = ("gp24", "arith")  # tasks whose expert target is one of many solutions
 TOKENIZERS = ("char", "sentencepiece")
 
 
@@ -170,6 +171,13 @@ def from_config(config) -> TrainHParams:
            f"must be in (0, model.max_seq_len={model.max_seq_len}]")
   num_steps = int(config.get("num_steps", 100))
   _require(num_steps > 0, "num_steps", "must be > 0")
+  # The card tasks draw expert targets from every solution, or always give
+  # the first (canonical) one; `expert_all_solutions` reaches them as a task
+  # option so every tool that rebuilds the task from hparams sees it.
+  all_solutions = bool(config.get("expert_all_solutions", True))
+  task_options = _sub(config, "task_options")
+  if task in CARD_TASKS:
+    task_options.setdefault("all_solutions", all_solutions)
   return TrainHParams(
       trainer=trainer, task=task, seed=int(config.get("seed", 0)), model=model,
       tokenizer=tok, init_from=str(config.get("init_from", "") or ""),
@@ -178,6 +186,6 @@ def from_config(config) -> TrainHParams:
       pack=bool(config.get("pack", False)),
       num_train_examples=int(config.get("num_train_examples", 20000)),
       mesh=mesh, optim=optim, snapshot=snapshot, eval=ev, rl=rl,
-      expert_all_solutions=bool(config.get("expert_all_solutions", True)),
-      task_options=tuple(sorted(_sub(config, "task_options").items())),
+      expert_all_solutions=all_solutions,
+      task_options=tuple(sorted(task_options.items())),
       data_dir=str(config.get("data_dir", "") or ""))

@@ -12,7 +12,11 @@ run holds out the same problems):
   ood_train        OOD hands the arith pretraining corpus may use
 
 Completion format: the expert steps, one operation per line (`5*3=15`), then
-`Answer: <formula>`; with `confidence=True` a last line `Confidence: 1.0`.
+`Answer: <formula>`; with `confidence=True` a last line `Confidence: q`, where q
+is 1.0 (`confidence_prior="one"`) or drawn uniformly from 0.0, 0.1, ..., 1.0
+(`"uniform"`: an SFT prior that lets RL explore every stated confidence; the
+target carries no information about correctness, so calibration must be
+learned by the reward, as in RLCR, papers.md 5).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ OOD_HELDOUT_FRACTION = 0.4
 RULE_TEXT = {"id": "J, Q and K count as 10.",
              "ood": "J, Q and K count as 11, 12 and 13."}
 SPLITS = ("train", "id_seen", "id_heldout", "ood", "ood_train")
+CONFIDENCE_PRIORS = ("one", "uniform")
 
 
 def rank_name(r: int) -> str:
@@ -110,7 +115,7 @@ def _ranks_for(values: Sequence[int], rule: str, rng: np.random.Generator) -> li
 
 def make_example(ranks: Sequence[int], rule: str, rng: np.random.Generator, *,
                  all_solutions: bool = True, confidence: bool = False,
-                 uid: str = "") -> Example:
+                 confidence_prior: str = "one", uid: str = "") -> Example:
   """An Example for a hand; the expert target is drawn from all solutions."""
   values = tuple(card_value(r, rule) for r in ranks)
   sols = solve(tuple(sorted(values)), TARGET)
@@ -120,7 +125,8 @@ def make_example(ranks: Sequence[int], rule: str, rng: np.random.Generator, *,
   formula, steps, _ = integer[int(rng.integers(len(integer)))] if all_solutions else integer[0]
   completion = "\n".join(steps) + f"\nAnswer: {formula}"
   if confidence:
-    completion += "\nConfidence: 1.0"
+    q = 1.0 if confidence_prior == "one" else int(rng.integers(11)) / 10
+    completion += f"\nConfidence: {q:.1f}"
   return Example(
       id=uid or f"gp24-{rule}-{'-'.join(map(str, ranks))}",
       prompt=prompt_text(ranks, rule, confidence), completion=completion,
@@ -134,9 +140,13 @@ class Gp24Task:
   name = "gp24"
   splits = SPLITS
 
-  def __init__(self, all_solutions: bool = True, confidence: bool = False):
+  def __init__(self, all_solutions: bool = True, confidence: bool = False,
+               confidence_prior: str = "one"):
+    if confidence_prior not in CONFIDENCE_PRIORS:
+      raise ValueError(f"confidence_prior {confidence_prior!r} not in {CONFIDENCE_PRIORS}")
     self.all_solutions = all_solutions
     self.confidence = confidence
+    self.confidence_prior = confidence_prior
 
   def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
     """n examples, deterministic given seed. Eval splits cycle through their
@@ -157,7 +167,8 @@ class Gp24Task:
       else:
         ranks = _ranks_for(values, rule, rng)
       out.append(make_example(ranks, rule, rng, all_solutions=self.all_solutions,
-                              confidence=self.confidence, uid=f"gp24-{split}-{seed}-{i}"))
+                              confidence=self.confidence,
+                              confidence_prior=self.confidence_prior, uid=f"gp24-{split}-{seed}-{i}"))
     return out
 
   def verify(self, example: Example, text: str) -> bool:

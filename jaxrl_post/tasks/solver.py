@@ -2,44 +2,83 @@
 
 Every solution carries its formula (fully parenthesised, outer parentheses
 dropped) and its steps, one arithmetic operation per line (`5*3=15`).
-Intermediate fractions are exact (`fractions.Fraction`): 8/(3-8/3) is 24.
+Intermediate values are exact rationals: 8/(3-8/3) is 24.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 from fractions import Fraction
 
-from jaxrl_post.tasks.base import fmt_value
-
-Item = tuple[Fraction, str, tuple[str, ...], bool]  # value, expr, steps, all-integer
-
-
-def _operand(v: Fraction, expr_is_leaf: bool) -> str:
-  s = fmt_value(v)
-  return f"({s})" if (v.denominator != 1 or v < 0) else s
+# A search node: (num, den, op, left, right, all_integer). Values are exact
+# rationals kept as a reduced int pair (den > 0), several times cheaper than
+# `Fraction` in the inner loop; a leaf has op None and its literal in `left`.
+# Formulas and steps are rendered only for the nodes that hit the target, so
+# the search itself builds no strings.
+Node = tuple
 
 
-def _combine(a: Item, b: Item):
-  (va, ea, sa, ia), (vb, eb, sb, ib) = a, b
-  cands = [(va + vb, "+", a, b), (va * vb, "*", a, b), (va - vb, "-", a, b),
-           (vb - va, "-", b, a)]
-  if vb != 0:
-    cands.append((va / vb, "/", a, b))
-  if va != 0:
-    cands.append((vb / va, "/", b, a))
-  for v, op, x, y in cands:
-    step = f"{_operand(x[0], True)}{op}{_operand(y[0], True)}={fmt_value(v)}"
-    yield (v, f"({x[1]}{op}{y[1]})", x[2] + y[2] + (step,),
-           x[3] and y[3] and v.denominator == 1 and v >= 0)
+def _leaf(v: int) -> Node:
+  return (v, 1, None, str(v), None, True)
 
 
-def _search(items: tuple[Item, ...], target: Fraction, use_all: bool, out: dict):
+def _ratio(n: int, d: int) -> tuple[int, int]:
+  if d < 0:
+    n, d = -n, -d
+  g = math.gcd(n, d)
+  return (n // g, d // g) if g > 1 else (n, d)
+
+
+def _combine(a: Node, b: Node):
+  """Every node a op b (and b op a for - and /), in a fixed order."""
+  an, ad, bn, bd = a[0], a[1], b[0], b[1]
+  ints = a[5] and b[5]
+  for (n, d), op, x, y in (
+      (_ratio(an * bd + bn * ad, ad * bd), "+", a, b),
+      (_ratio(an * bn, ad * bd), "*", a, b),
+      (_ratio(an * bd - bn * ad, ad * bd), "-", a, b),
+      (_ratio(bn * ad - an * bd, ad * bd), "-", b, a)):
+    yield (n, d, op, x, y, ints and d == 1 and n >= 0)
+  if bn != 0:
+    n, d = _ratio(an * bd, ad * bn)
+    yield (n, d, "/", a, b, ints and d == 1 and n >= 0)
+  if an != 0:
+    n, d = _ratio(bn * ad, bd * an)
+    yield (n, d, "/", b, a, ints and d == 1 and n >= 0)
+
+
+def _value_text(n: int, d: int) -> str:
+  return str(n) if d == 1 else f"{n}/{d}"
+
+
+def _operand(node: Node) -> str:
+  s = _value_text(node[0], node[1])
+  return f"({s})" if (node[1] != 1 or node[0] < 0) else s
+
+
+def _expr(node: Node) -> str:
+  if node[2] is None:
+    return node[3]
+  return f"({_expr(node[3])}{node[2]}{_expr(node[4])})"
+
+
+def _steps(node: Node) -> tuple[str, ...]:
+  if node[2] is None:
+    return ()
+  x, y = node[3], node[4]
+  step = f"{_operand(x)}{node[2]}{_operand(y)}={_value_text(node[0], node[1])}"
+  return _steps(x) + _steps(y) + (step,)
+
+
+def _search(items: tuple[Node, ...], target: int, use_all: bool, out: dict):
   for it in items:
-    if it[0] == target and (not use_all or len(items) == 1) and it[2]:
-      formula = it[1][1:-1] if it[1].startswith("(") else it[1]
-      out.setdefault(formula, (it[2], it[3]))
+    if it[0] == target and it[1] == 1 and it[2] is not None and (not use_all or len(items) == 1):
+      expr = _expr(it)
+      formula = expr[1:-1] if expr.startswith("(") else expr
+      if formula not in out:
+        out[formula] = (_steps(it), it[5])
   if len(items) == 1:
     return
   for i, j in itertools.combinations(range(len(items)), 2):
@@ -53,16 +92,18 @@ def solve(values: tuple[int, ...], target: int = 24, use_all: bool = True):
   """All distinct solutions: a tuple of (formula, steps, integer_only).
 
   use_all: every value exactly once (24 game) or at most once (countdown).
-  Sorted: integer-only solutions first, then by formula.
+  Sorted: integer-only solutions first, then by formula. A formula's steps
+  are those of the first derivation the search meets (combining pairs in
+  index order, operations in the order + * - / ).
   """
-  items = tuple((Fraction(v), str(v), (), True) for v in sorted(values))
+  items = tuple(_leaf(int(v)) for v in sorted(values))
   out: dict = {}
   if not use_all:
     for r in range(1, len(items) + 1):
       for sub in itertools.combinations(items, r):
-        _search(sub, Fraction(target), True, out)
+        _search(sub, int(target), True, out)
   else:
-    _search(items, Fraction(target), True, out)
+    _search(items, int(target), True, out)
   sols = [(f, steps, integer) for f, (steps, integer) in out.items()]
   sols.sort(key=lambda s: (not s[2], len(s[1]), s[0]))
   return tuple(sols)

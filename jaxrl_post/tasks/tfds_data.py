@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -72,11 +73,13 @@ class TaskConfig(tfds.core.BuilderConfig):
 
 def make_config(task: str, splits: Mapping[str, int], seed: int = 0,
                 options: Mapping[str, Any] | None = None) -> TaskConfig:
-  options = tuple(sorted((options or {}).items()))
   splits = tuple(sorted((s, int(n)) for s, n in splits.items()))
   if not splits or any(n < 1 for _, n in splits):
     raise ValueError(f"need at least one split of n >= 1 examples; got {dict(splits)}")
-  generator = tasks_lib.get_task(task, **dict(options))
+  generator = tasks_lib.get_task(task, **dict(options or {}))
+  # Options are keyed with the task's defaults filled in, so `{}` and an
+  # explicit default name the same dataset.
+  options = tuple(sorted({**_default_options(generator), **(options or {})}.items()))
   bad = [s for s, _ in splits if s not in generator.splits]
   if bad:
     raise ValueError(f"{task} has no split {bad}; known: {generator.splits}")
@@ -87,6 +90,12 @@ def make_config(task: str, splits: Mapping[str, int], seed: int = 0,
   return TaskConfig(name=f"{task}-{sizes}-seed{seed}-{digest}", task=task, options=options,
                     splits=splits, seed=int(seed), generator_version=gen_version,
                     description=f"{task}{dict(options)} examples {dict(splits)} seed {seed}")
+
+
+def _default_options(generator) -> dict[str, Any]:
+  params = inspect.signature(type(generator).__init__).parameters.values()
+  return {p.name: p.default for p in params
+          if p.name != "self" and p.default is not inspect.Parameter.empty}
 
 
 class TaskExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):

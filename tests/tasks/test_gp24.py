@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrl_post.tasks import arith, gp24
+from jaxrl_post.tasks.base import evaluate_formula
 from jaxrl_post.tasks.solver import solvable, solve
 
 
@@ -109,3 +110,57 @@ def test_determinism_and_heldout_separation():
 def test_bad_split_is_an_error():
   with pytest.raises(ValueError, match="no split"):
     gp24.Gp24Task().examples("validation", 1)
+
+
+def _reference_solve(values, target=24):
+  """The solver's definition with Fractions and eager strings (slow, obvious)."""
+  def operand(v):
+    s = str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+    return f"({s})" if (v.denominator != 1 or v < 0) else s
+
+  def combine(a, b):
+    (va, ea, sa, ia), (vb, eb, sb, ib) = a, b
+    cands = [(va + vb, "+", a, b), (va * vb, "*", a, b), (va - vb, "-", a, b),
+             (vb - va, "-", b, a)]
+    if vb != 0:
+      cands.append((va / vb, "/", a, b))
+    if va != 0:
+      cands.append((vb / va, "/", b, a))
+    for v, op, x, y in cands:
+      val = str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+      yield (v, f"({x[1]}{op}{y[1]})", x[2] + y[2] + (f"{operand(x[0])}{op}{operand(y[0])}={val}",),
+             x[3] and y[3] and v.denominator == 1 and v >= 0)
+
+  out = {}
+
+  def search(items):
+    for it in items:
+      if it[0] == target and len(items) == 1 and it[2]:
+        out.setdefault(it[1][1:-1] if it[1].startswith("(") else it[1], (it[2], it[3]))
+    if len(items) == 1:
+      return
+    for i, j in itertools.combinations(range(len(items)), 2):
+      rest = tuple(items[k] for k in range(len(items)) if k not in (i, j))
+      for c in combine(items[i], items[j]):
+        search(rest + (c,))
+
+  search(tuple((Fraction(v), str(v), (), True) for v in sorted(values)))
+  sols = sorted(((f, s, i) for f, (s, i) in out.items()), key=lambda s: (not s[2], len(s[1]), s[0]))
+  return tuple(sols)
+
+
+@pytest.mark.parametrize("hand", [(3, 3, 8, 8), (1, 2, 3, 4), (1, 1, 1, 8), (13, 12, 11, 1),
+                                  (2, 7, 10, 10), (1, 5, 5, 5), (6, 6, 6, 6)])
+def test_solver_equals_the_fraction_reference(hand):
+  assert solve(hand) == _reference_solve(hand)
+
+
+def test_solution_steps_replay_exactly():
+  """Each step's arithmetic holds in exact rationals; the last step makes 24."""
+  for hand in [(3, 3, 8, 8), (1, 5, 5, 5), (4, 4, 10, 10)]:
+    for formula, steps, _ in solve(hand):
+      for line in steps:
+        lhs, rhs = line.split("=")
+        assert evaluate_formula(lhs)[0] == Fraction(rhs), line
+      assert steps[-1].split("=")[1] == "24"
+      assert evaluate_formula(formula)[0] == 24

@@ -1,6 +1,6 @@
 r"""Benchmarks of THE rollout kernel and the train step (DESIGN.md section 3).
 
-  python -m launch.bench --out=B.json [--quick]
+  python -m launch.bench --out=B.json [--quick] [--only=grpo,...] [--notrl] [--nohf]
 
 Every figure is measured in this run, on the machine it reports:
 
@@ -21,10 +21,20 @@ Every figure is measured in this run, on the machine it reports:
   step's dense matmuls (same shapes): the float32 compute floor of the step.
 * `train`: the SFT train step (`jaxrl_post.trainers.sft.make_train_step`,
   AdamW) at `small`, batch 32 x 128; MFU = 6 N tokens / time / measured peak.
-* `grpo`: rows of the GRPO step are not measured by this tool yet (an empty
-  list; `trl` is not installed here to compare against).
+* `grpo`: our jitted GRPO step (rollout + gp24 reward + AdamW update) at
+  `tiny`, 8 prompts x 4 samples x 32 new tokens, prompt 32; and, when `trl`
+  is installed (and `--trl`), TRL's `GRPOTrainer` on CPU on the same initial
+  weights, prompt ids, shape, reward and hyperparameters (`launch/
+  bench_peers.py` lists what is matched), its steps interleaved with ours;
+  after 2 warmup steps, `--rounds` steps each, medians: `ratio_vs_trl` =
+  trl_step_sec / step_sec. Without trl the TRL fields are null.
 
 `--quick` runs the `nano` preset at tiny shapes in seconds (for the tests).
+`--only=grpo` (any of rollout, train, grpo, similarity, comma-separated)
+runs only those sections; the others' lists stay empty and are named under
+`"skipped"`. The measured ceilings are always written.
+
+  python -m launch.bench --out=B.json --only=grpo   # the GRPO row vs TRL
 """
 
 from __future__ import annotations
@@ -40,12 +50,20 @@ from typing import Any, Callable
 
 from absl import app, flags
 
+from launch import bench_peers
+
+SECTIONS = ("rollout", "train", "grpo", "similarity")  # --only choices
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Path of the JSON file to write.", required=True)
 flags.DEFINE_bool("quick", False, "Nano preset, tiny shapes: seconds (for tests).")
-flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per rollout row.")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per rollout row; timed "
+                     "steps of the GRPO row (each side, after 2 warmup steps).")
 flags.DEFINE_bool("hf", True, "Compare against transformers.generate if installed.")
 flags.DEFINE_list("presets", ["tiny", "small"], "Rollout presets (ignored with --quick).")
+flags.DEFINE_bool("trl", True, "Compare the GRPO step against TRL's GRPOTrainer if installed.")
+flags.DEFINE_list("only", [], "Run only these sections (any of: " + ",".join(SECTIONS) + "); "
+                  "default all. Skipped sections are listed under \"skipped\" in the JSON.")
 
 EOS = 2  # blocked: every row runs to the end
 
@@ -368,8 +386,25 @@ def train_row(preset: str, batch: int, seq_len: int, peak_gflops: float,
 # --------------------------------------------------------------------------
 
 
-def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int) -> dict:
-  """One jitted GRPO step (rollout through the kernel + gp24 reward + update)."""
+def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int,
+             use_trl: bool = False, warmup: int = 2) -> dict:
+  """One jitted GRPO step (rollout through the kernel + gp24 reward + update).
+
+  Our step: `RLHParams` defaults (beta 0, one update per rollout, temperature
+  1, group-std advantages), AdamW lr 1e-5; no stop id, so every completion
+  is `new_tokens` long. Prompts: the last 32 token ids of gp24 training
+  prompts (the bench's prompt 32). Reward: the binary gp24 verifier, compiled
+  into the step (1 iff the formula after `Answer:` uses the four card values
+  once each and equals 24; on random weights it is 0 everywhere).
+
+  `step_sec_alone`: median of `reps` steps after the compile. With `use_trl`
+  (and trl importable), TRL's `GRPOTrainer` then runs `warmup + reps` steps
+  on the same initial weights, prompts, shape and reward
+  (`launch.bench_peers`), one of our steps between each two of TRL's;
+  `step_sec` and `trl_step_sec` are the medians of the paired steps after
+  the warmup, `ratio_vs_trl` = trl_step_sec / step_sec. Without TRL,
+  `step_sec` = `step_sec_alone` and the TRL fields are null.
+  """
   import jax
   from jaxrl_post import model as M
   from jaxrl_post import rewards as R
@@ -385,9 +420,11 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   hp = RLHParams(group_size=samples, prompts_per_step=prompts, max_new_tokens=new_tokens)
   rc = grpo.RLStepConfig(hp=hp, sampling=S.SamplingConfig(max_new_tokens=new_tokens))
   mesh = shd.make_mesh(shd.MeshConfig(1, -1, 1))
-  opt = St.make_optimizer(OptimHParams(learning_rate=1e-5), 100)
+  oh = OptimHParams(learning_rate=1e-5)
+  opt = St.make_optimizer(oh, 100)
   _, sh = St.state_shardings(cfg, opt, mesh)
   state = St.init_state(cfg, opt, 0, sh)
+  init_params = jax.device_get(state.params) if use_trl else None  # the state is donated
   traces = []
 
   def counted(st, b):
@@ -396,7 +433,11 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
 
   step = jax.jit(counted, in_shardings=(sh, None), out_shardings=(sh, None), donate_argnums=0)
   ex = gp24.Gp24Task().examples("train", prompts, seed=0)
-  ids = [[tok.bos_id, *tok.encode(e.prompt)][-32:] for e in ex]  # the bench's prompt 32
+  # The bench's prompt 32; ids clipped into the vocabulary (only `nano`, vocab
+  # 64 < the char tokenizer's 99, is affected: the embedding gather clamps
+  # anyway, and the TRL peer needs valid ids).
+  ids = [[min(t, cfg.vocab_size - 1) for t in [tok.bos_id, *tok.encode(e.prompt)][-32:]]
+         for e in ex]
   tokens, mask = S.pad_prompts(ids, 0, length=32)
   table = R.CharTable.from_tokenizer(tok, cfg.vocab_size)
   batch = {"prompt_tokens": tokens, "prompt_mask": mask,
@@ -405,12 +446,39 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
 
   def once():
     holder["state"], m = step(holder["state"], batch)
-    jax.block_until_ready(m)
+    holder["metrics"] = jax.block_until_ready(m)
 
   once()
-  dt = _median([_timed(once) for _ in range(reps)])
+  alone = _median([_timed(once) for _ in range(reps)])
   row = {"preset": preset, "prompts": prompts, "samples": samples, "new_tokens": new_tokens,
-         "step_sec": dt, "compiles": len(traces), "trl_step_sec": None, "ratio_vs_trl": None}
+         "prompt_len": tokens.shape[1], "step_sec": alone, "step_sec_alone": alone,
+         "compiles": None, "trl_step_sec": None, "ratio_vs_trl": None,
+         "completion_len_mean": None, "reward": "gp24 binary verifier (on device)",
+         "beta": hp.beta}
+  if use_trl and bench_peers.trl_available():
+    paired: list[float] = []
+
+    def gp24_host(completion_ids, prompt_index):  # the same rule, on the host
+      return [float(gp24.verify_values(ex[i].meta["values"], tok.decode(c)))
+              for c, i in zip(completion_ids, prompt_index)]
+
+    try:
+      with tempfile.TemporaryDirectory() as tmp:
+        _export_hf(init_params, cfg, os.path.join(tmp, "hf"))
+        peer = bench_peers.trl_grpo_step_sec(
+            os.path.join(tmp, "hf"), [list(r[ok]) for r, ok in zip(tokens, mask)], gp24_host,
+            vocab_size=cfg.vocab_size, samples=samples, new_tokens=new_tokens,
+            beta=hp.beta, learning_rate=oh.learning_rate, adam_b1=oh.b1, adam_b2=oh.b2,
+            weight_decay=oh.weight_decay, steps=reps, warmup=warmup,
+            work_dir=os.path.join(tmp, "trl"), between_steps=lambda: paired.append(_timed(once)))
+      row["step_sec"] = _median(paired[warmup:])
+      row["step_secs"] = paired[warmup:]
+      row.update(peer)
+      row["ratio_vs_trl"] = peer["trl_step_sec"] / row["step_sec"]
+    except Exception as e:  # a peer that cannot run must not stop the bench
+      row["trl_error"] = f"{type(e).__name__}: {e}"
+  row["compiles"] = len(traces)
+  row["completion_len_mean"] = float(holder["metrics"]["completion_len_mean"])
   print(json.dumps(row), flush=True)
   return row
 
@@ -434,9 +502,11 @@ def similarity_row(pairs: int, length: int, reps: int, decode_tps: float | None)
   return row
 
 
-def run(out: str, quick: bool, rounds: int, use_hf: bool, presets) -> dict:
-  """Runs every benchmark and writes the JSON to `out`."""
+def run(out: str, quick: bool, rounds: int, use_hf: bool, presets, use_trl: bool = True,
+        only: tuple[str, ...] = ()) -> dict:
+  """Runs the benchmarks (all sections, or those in `only`) and writes `out`."""
   import jax
+  sections = set(only or SECTIONS)
   result: dict[str, Any] = {
       "machine": {"cpu": cpu_model(), "devices": jax.device_count(),
                   "jax": jax.__version__, "cores": os.cpu_count(),
@@ -445,25 +515,31 @@ def run(out: str, quick: bool, rounds: int, use_hf: bool, presets) -> dict:
   if quick:
     result["matmul_peak_gflops"] = matmul_peak_gflops(n=256, reps=3)
     result["copy_bandwidth_gbs"] = copy_bandwidth_gbs(mib=4, reps=3)
-    result["rollout"] = rollout_rows("nano", (2,), 8, 4, rounds=1,
-                                     use_hf=use_hf, quick=True)
-    result["train"] = [train_row("nano", 2, 16, result["matmul_peak_gflops"], 1)]
   else:
     result["matmul_peak_gflops"] = matmul_peak_gflops()
     result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
-    rows = []
-    for preset in presets:
-      rows += rollout_rows(preset, (8, 32), 32, 64, rounds=rounds, use_hf=use_hf,
-                           quick=False)
-    result["rollout"] = rows
-    result["train"] = [train_row("small", 32, 128, result["matmul_peak_gflops"], 3)]
-  # GRPO step (TRL is not installed here: its fields stay null).
-  result["grpo"] = [grpo_row("nano", 2, 2, 8, 1) if quick else grpo_row("tiny", 8, 4, 32, 3)]
-  # SRL similarity reward vs the decode that produced its inputs (batch-32 row).
-  dec = [r for r in result["rollout"] if r.get("temperature", 1.0) > 0]
-  tps = dec[-1]["decode_tokens_per_sec"] if dec else None
-  result["srl_similarity"] = similarity_row(16 if quick else 256, 16 if quick else 64,
-                                            1 if quick else 3, tps)
+  result["rollout"], result["train"], result["grpo"] = [], [], []
+  if "rollout" in sections:
+    if quick:
+      result["rollout"] = rollout_rows("nano", (2,), 8, 4, rounds=1, use_hf=use_hf, quick=True)
+    else:
+      for preset in presets:
+        result["rollout"] += rollout_rows(preset, (8, 32), 32, 64, rounds=rounds,
+                                          use_hf=use_hf, quick=False)
+  if "train" in sections:
+    result["train"] = [train_row("nano", 2, 16, result["matmul_peak_gflops"], 1) if quick
+                       else train_row("small", 32, 128, result["matmul_peak_gflops"], 3)]
+  if "grpo" in sections:
+    # GRPO step, and TRL's GRPOTrainer on the same work when installed.
+    result["grpo"] = [grpo_row("nano", 2, 2, 8, 2, use_trl=use_trl, warmup=1) if quick
+                      else grpo_row("tiny", 8, 4, 32, rounds, use_trl=use_trl, warmup=2)]
+  if "similarity" in sections:
+    # SRL similarity reward vs the decode that produced its inputs (batch-32 row).
+    dec = [r for r in result["rollout"] if r.get("temperature", 1.0) > 0]
+    tps = dec[-1]["decode_tokens_per_sec"] if dec else None
+    result["srl_similarity"] = similarity_row(16 if quick else 256, 16 if quick else 64,
+                                              1 if quick else 3, tps)
+  result["skipped"] = [s for s in SECTIONS if s not in sections]
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)
@@ -475,7 +551,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.rounds < 1:
     raise app.UsageError(f"--rounds={FLAGS.rounds} must be >= 1")
-  run(FLAGS.out, FLAGS.quick, FLAGS.rounds, FLAGS.hf, FLAGS.presets)
+  bad = [s for s in FLAGS.only if s not in SECTIONS]
+  if bad:
+    raise app.UsageError(f"--only: unknown sections {bad}; known: {list(SECTIONS)}")
+  run(FLAGS.out, FLAGS.quick, FLAGS.rounds, FLAGS.hf, FLAGS.presets, FLAGS.trl,
+      tuple(FLAGS.only))
 
 
 if __name__ == "__main__":

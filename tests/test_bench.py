@@ -1,5 +1,10 @@
-"""`launch.bench --quick` runs end to end and writes the DESIGN.md section 3 JSON."""
+"""`launch.bench --quick` runs end to end and writes the DESIGN.md section 3 JSON.
 
+The quick run also runs the TRL GRPO peer (`launch.bench_peers`) when trl is
+importable: its fields are then measured, otherwise null.
+"""
+
+import importlib.util
 import json
 import math
 import subprocess
@@ -14,12 +19,17 @@ def _number(x):
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _trl_importable():
+  from launch import bench_peers
+  return bench_peers.trl_available()
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "B.json"
   subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--nohf",
                   f"--out={out}"], cwd=ROOT, check=True, capture_output=True,
-                 timeout=300)
+                 timeout=600)  # with the TRL peer: minutes on a busy 2-core box
   return json.loads(out.read_text())
 
 
@@ -79,3 +89,46 @@ def test_minimal_hf_export_matches_our_logits(tmp_path):
   with torch.no_grad():
     theirs = hf(torch.as_tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+
+def test_grpo_row_against_trl(result):
+  """TRL's GRPOTrainer ran on the same work: every completion full length, float32."""
+  if not _trl_importable():
+    pytest.skip("trl (or torch/transformers/datasets/tokenizers) is not installed")
+  (g,) = result["grpo"]
+  assert "trl_error" not in g, g.get("trl_error")
+  assert _number(g["trl_step_sec"]) and g["trl_step_sec"] > 0
+  assert g["ratio_vs_trl"] == pytest.approx(g["trl_step_sec"] / g["step_sec"])
+  assert len(g["trl_step_secs"]) == len(g["step_secs"]) >= 1  # paired, after the warmup
+  assert g["completion_len_mean"] == g["trl_completion_len_mean"] == g["new_tokens"]
+  assert g["trl_prompt_len"] == g["prompt_len"]
+  assert g["trl_dtype"] == "float32" and g["trl_activation_checkpointing"] is False
+  assert g["compiles"] == 1  # our steps between TRL's did not recompile
+
+
+def test_grpo_row_without_trl_is_null(result):
+  if _trl_importable():
+    pytest.skip("trl is installed: the measured path is tested above")
+  (g,) = result["grpo"]
+  assert g["trl_step_sec"] is None and g["ratio_vs_trl"] is None
+
+
+def test_peer_tokenizer_round_trips_ids():
+  pytest.importorskip("tokenizers")
+  pytest.importorskip("transformers")
+  from launch import bench_peers
+  for vocab in (64, 512):
+    tok = bench_peers.make_tokenizer(vocab)
+    assert len(tok) == vocab and (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    ids = [1, 3, 17, vocab - 1, 2, 40, 0, 5]
+    text = bench_peers.text_of(ids)
+    assert tok(text)["input_ids"] == ids
+    assert tok.padding_side == "left"
+
+
+def test_only_rejects_unknown_sections(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "launch.bench", "--only=grpo,bogus",
+                        f"--out={tmp_path / 'B.json'}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode != 0 and "bogus" in out.stderr
+  assert not (tmp_path / "B.json").exists()

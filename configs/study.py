@@ -1,6 +1,6 @@
 """The end-to-end SFT -> RL study on CPU (the README's main command).
 
-  python -m launch.study --workdir=runs/study                        # ~20 min, 2 CPU cores
+  python -m launch.study --workdir=runs/study                        # <= 20 min, 2 CPU cores
   python -m launch.study --workdir=/tmp/s --config=configs/study.py:quick   # ~3 min (tests)
 
 Every stage is an ordinary training config (configs/common.py) with its
@@ -33,38 +33,48 @@ def get_config(arg=None):
   rl = dict(group_size=4 if q else 8, prompts_per_step=4 if q else 8, max_new_tokens=48,
             temperature=1.0, aggregation="token_mean", epsilon_high=0.28,
             advantage="group_std")
+  rl_optim = dict(learning_rate=5e-5 if q else 1e-4, warmup_steps=0, schedule="constant")
   # Train-time eval is a light check; the study's own evaluation is the record.
   ev = dict(every=0, num_problems=8 if q else 16, max_new_tokens=48,
             gen_loss_examples=16 if q else 128)
+  # One canonical expert solution per value multiset (base and SFT alike):
+  # a 0.8M model memorises it within the CPU budget (configs/gp24_sft.py).
+  canonical = dict(expert_all_solutions=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Packing (about two examples per 256-token row) halves the padding.
-  c.base = _stage("sft", "arith", 30 if q else 500, model=model, batch_size=16,
+  c.base = _stage("sft", "arith", 30 if q else 400, model=model, batch_size=16,
                   seq_len=192 if q else 256, pack=not q, log_every=10 if q else 50,
-                  optim=dict(learning_rate=3e-3, warmup_steps=10 if q else 50),
-                  snapshot=dict(every=30 if q else 150), eval=dict(ev, splits=()),
-                  num_train_examples=512 if q else 40000)
-  c.sft = _stage("sft", "gp24", 40 if q else 400, model=model, batch_size=16,
+                  optim=dict(learning_rate=3e-3, warmup_steps=10 if q else 30),
+                  snapshot=dict(every=30 if q else 200), eval=dict(ev, splits=()),
+                  num_train_examples=512 if q else 40000, **canonical)
+  c.sft = _stage("sft", "gp24", 40 if q else 300, model=model, batch_size=16,
                  seq_len=192 if q else 256, pack=not q, log_every=10 if q else 25,
-                 optim=dict(learning_rate=2e-3, warmup_steps=5 if q else 20),
+                 optim=dict(learning_rate=3e-3, warmup_steps=5 if q else 20),
                  snapshot=dict(every=10 if q else 50), eval=dict(ev),
-                 num_train_examples=512 if q else 20000)
-  c.grpo = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
-                  optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
-                  snapshot=dict(every=2 if q else 20), rl=dict(rl), eval=dict(ev))
-  # Completions that end with `Confidence: q` need a longer budget.
+                 num_train_examples=512 if q else 20000, **canonical)
+  c.grpo = _stage("grpo", "gp24", 4 if q else 30, model=model, log_every=2 if q else 10,
+                  optim=dict(rl_optim), snapshot=dict(every=2 if q else 15), rl=dict(rl),
+                  eval=dict(ev))
+  # Completions that end with `Confidence: q` need a longer budget. RLCR's
+  # advantage is mean-only (scale_rewards=False in the RLCR code, papers.md 5).
   c.rlcr = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
-                  optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
-                  snapshot=dict(every=2 if q else 20),
-                  rl=dict(rl, reward="rlcr", max_new_tokens=72), eval=dict(ev, max_new_tokens=72))
-  c.srl = _stage("srl", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
-                 optim=dict(learning_rate=5e-5 if q else 2e-5, warmup_steps=0, schedule="constant"),
-                 snapshot=dict(every=2 if q else 20),
+                  optim=dict(rl_optim), snapshot=dict(every=2 if q else 20),
+                  rl=dict(rl, reward="rlcr", max_new_tokens=72, advantage="mean_only"),
+                  eval=dict(ev, max_new_tokens=72))
+  c.srl = _stage("srl", "gp24", 4 if q else 20, model=model, log_every=2 if q else 10,
+                 optim=dict(rl_optim), snapshot=dict(every=2 if q else 10),
                  rl=dict(rl, dynamic_sampling=False, dynamic_eps=0.01), eval=dict(ev))
+  # RLVR after SRL (and alone) in the SRL stage: the GRPO stage's settings.
+  c.srl_rlvr_steps = 4 if q else 20
   # Which SFT snapshots RL starts from: "first", "ood_peak", "last" (and any
   # explicit steps).
   c.rl_starts = ("first", "ood_peak", "mid", "last")  # >= 3 points for the Spearman table
+  # The calibration stage first SFTs the `Confidence: q` line with q drawn
+  # uniformly from 0.0..1.0 (no information about correctness), so that both
+  # rewards start from the same uncalibrated prior that sampling can explore.
   c.conf_sft_steps = 10 if q else 60
+  c.conf_prior = "uniform"
   c.eval_samples = 4 if q else 16   # n for pass@k of SFT snapshots (pass@large-k)
   c.eval_k = (1, 4) if q else (1, 4, 16)
   c.eval_problems = 8 if q else 48

@@ -17,7 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-SPLITS = ("id_seen", "id_heldout", "ood")
+SPLITS = ("id_seen", "id_heldout", "ood_train", "ood")
+OOD = "ood_train"  # the OOD skill of the base (see jaxrl_post/study.py)
+LABEL = {"id_seen": "ID seen", "id_heldout": "ID held-out", "ood_train": "OOD base-seen",
+         "ood": "OOD unseen"}
+_PRIOR_TEXT = {"one": "q = 1.0 always", "uniform": "q drawn uniformly from 0.0, 0.1, ..., 1.0"}
 
 
 def _fmt(x, nd=3):
@@ -40,8 +44,11 @@ def _sft_figure(rows, path):
   sft = [r for r in rows if r["label"] != "base"]
   steps = [r["step"] for r in sft]
   fig, ax = plt.subplots(figsize=(7, 4))
-  for s, style in zip(SPLITS, ("-o", "-s", "-^")):
-    ax.plot(steps, [r[f"acc/{s}"] for r in sft], style, label=f"greedy acc {s}")
+  base = next((r for r in rows if r["label"] == "base"), None)
+  for s, style in zip(SPLITS, ("-o", "-s", "-^", "-v")):
+    line, = ax.plot(steps, [r[f"acc/{s}"] for r in sft], style, label=f"greedy acc {LABEL[s]}")
+    if base is not None:
+      ax.axhline(base[f"acc/{s}"], color=line.get_color(), ls=":", lw=1)
   ax.set_xlabel("SFT step")
   ax.set_ylabel("accuracy")
   ax.set_ylim(-0.02, 1.02)
@@ -51,7 +58,7 @@ def _sft_figure(rows, path):
   lines = ax.get_legend_handles_labels()
   lines2 = ax2.get_legend_handles_labels()
   ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="best")
-  ax.set_title("SFT on gp24 ID: accuracy per split and generalization loss")
+  ax.set_title("SFT on gp24 ID: accuracy per split (dotted: the base) and gen. loss")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -60,14 +67,14 @@ def _sft_figure(rows, path):
 def _rl_figure(sft_rows, rl_runs, path):
   by_step = {r["step"]: r for r in sft_rows if r["label"] != "base"}
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-  for ax, split in zip(axes, ("id_heldout", "ood")):
+  for ax, split in zip(axes, ("id_seen", OOD)):
     x = np.arange(len(rl_runs))
     before = [by_step[r["start_step"]][f"acc/{split}"] for r in rl_runs]
     after = [r[f"acc/{split}"] for r in rl_runs]
     ax.bar(x - 0.2, before, 0.4, label="SFT snapshot")
     ax.bar(x + 0.2, after, 0.4, label="after GRPO")
     ax.set_xticks(x, [f"step {r['start_step']}" for r in rl_runs])
-    ax.set_title(f"{split}: before vs after GRPO")
+    ax.set_title(f"{LABEL[split]}: before vs after GRPO")
     ax.set_ylim(0, 1)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
@@ -80,11 +87,10 @@ def _restore_figure(rest, path):
   fig, ax = plt.subplots(figsize=(7, 3.6))
   x = np.arange(len(rows) + 2)
   labels = ["SFT end"] + [r["spec"] for r in rows] + ["OOD peak"]
-  ood = [rest["target"]["acc/ood"]] + [r["acc/ood"] for r in rows] + [rest["ref"]["acc/ood"]]
-  idh = [rest["target"]["acc/id_heldout"]] + [r["acc/id_heldout"] for r in rows] + [
-      rest["ref"]["acc/id_heldout"]]
-  ax.plot(x, ood, "-o", label="OOD")
-  ax.plot(x, idh, "-s", label="ID held-out")
+  for split, style in ((OOD, "-o"), ("id_seen", "-s"), ("ood", "-^")):
+    ys = [rest["target"][f"acc/{split}"]] + [r[f"acc/{split}"] for r in rows] + [
+        rest["ref"][f"acc/{split}"]]
+    ax.plot(x, ys, style, label=LABEL[split])
   ax.set_xticks(x, labels, rotation=20, fontsize=8)
   ax.set_ylabel("greedy accuracy")
   ax.set_title("Restoring OOD-peak singular directions into the end-of-SFT model")
@@ -116,24 +122,41 @@ def _spectral_figure(pairs: dict, path):
 
 
 def findings(st: dict) -> list[tuple[str, bool | None, str]]:
-  """(claim, reproduced?, evidence) computed from the stage results."""
+  """(claim, reproduced?, evidence) computed from the stage results.
+
+  "OOD skill" is greedy accuracy on OOD-rule hands the base saw in
+  pretraining (`ood_train`), the skill SFT can erode; `ood` (multisets no
+  stage trains on) is reported beside it.
+  """
   out = []
   all_rows = st["sft_eval"]["rows"]  # the base first, then the SFT snapshots
   rows = [r for r in all_rows if r["label"] != "base"]
-  best = max(all_rows, key=lambda r: r["acc/ood"])
+  base = next((r for r in all_rows if r["label"] == "base"), None)
+  n = rows[0]["n_problems"]
+  best = max(rows, key=lambda r: r[f"acc/{OOD}"])
   end = rows[-1]
-  erodes = end["acc/ood"] < best["acc/ood"]
-  out.append(("SFT erodes OOD skill (OOD peaks early, then declines)", erodes,
-              f"OOD {best['acc/ood']:.3f} at {best['label']} -> {end['acc/ood']:.3f} at "
-              f"{end['label']} ({rows[0]['n_problems']} problems)"))
+  ref = base if base is not None else best
+  out.append(("SFT erodes OOD skill (OOD accuracy falls while ID rises)",
+              end[f"acc/{OOD}"] < ref[f"acc/{OOD}"] and end["acc/id_seen"] > ref["acc/id_seen"],
+              f"{LABEL[OOD]} {ref[f'acc/{OOD}']:.3f} ({ref['label']}) -> {end[f'acc/{OOD}']:.3f} "
+              f"({end['label']}); ID seen {ref['acc/id_seen']:.3f} -> {end['acc/id_seen']:.3f}; "
+              f"SFT's own OOD peak {best[f'acc/{OOD}']:.3f} at {best['label']} ({n} problems)"))
   rl = st["rl"]["runs"]
   from_end = [r for r in rl if r["start_step"] == end["step"]]
   if from_end:
     r = from_end[0]
-    out.append(("RL restores part of the OOD skill SFT lost", r["acc/ood"] > end["acc/ood"],
-                f"OOD {end['acc/ood']:.3f} (SFT end) -> {r['acc/ood']:.3f} after GRPO"))
+    out.append(("RL restores part of the OOD skill SFT lost", r[f"acc/{OOD}"] > end[f"acc/{OOD}"],
+                f"{LABEL[OOD]} {end[f'acc/{OOD}']:.3f} (SFT end) -> {r[f'acc/{OOD}']:.3f} after GRPO "
+                f"(ID seen {end['acc/id_seen']:.3f} -> {r['acc/id_seen']:.3f})"))
+  by_step = {r["step"]: r for r in rows}
+  gains = [(r["acc/id_seen"] - by_step[r["start_step"]]["acc/id_seen"]) for r in rl
+           if r["start_step"] in by_step]
+  if gains:
+    out.append(("GRPO raises the accuracy on the problems it trains on (ID seen)",
+                float(np.mean(gains)) > 0,
+                "ID seen change per start: " + ", ".join(f"{g:+.3f}" for g in gains)))
   pairs = st["spectral"]["pairs"]
-  rl_pairs = [p for n, p in pairs.items() if n.startswith("grpo_from_")]
+  rl_pairs = [p for n_, p in pairs.items() if n_.startswith("grpo_from_")]
   if rl_pairs:
     rot = np.mean([_pooled(p).get("rotation_energy", np.nan) for p in rl_pairs])
     sca = np.mean([_pooled(p).get("scaling_energy", np.nan) for p in rl_pairs])
@@ -148,32 +171,42 @@ def findings(st: dict) -> list[tuple[str, bool | None, str]]:
       sft_sp = _pooled(sft_pair).get("sparsity_bfloat16", np.nan)
       out.append(("RL updates a small subnetwork; SFT updates are dense (bf16 sparsity)",
                   bool(rl_sp > sft_sp), f"unchanged in bf16: RL {rl_sp:.3f} vs SFT {sft_sp:.3f}"))
-  rest = st["spectral"]["restoration"]["rows"]
+  restoration = st["spectral"]["restoration"]
+  rest = restoration["rows"]
   if rest:
-    best = max(rest, key=lambda r: r["acc/ood"])
+    lost = restoration["ref"][f"acc/{OOD}"] - restoration["target"][f"acc/{OOD}"]
+    best_r = max(rest, key=lambda r: r[f"acc/{OOD}"])
     out.append(("Restoring top singular directions of the OOD-peak recovers OOD accuracy",
-                (best["ood_recovered"] or 0) > 0,
-                f"best {best['spec']}: recovered fraction {_fmt(best['ood_recovered'])}"))
+                None if lost <= 0 else (best_r["ood_recovered"] or 0) > 0,
+                f"OOD-peak {restoration['ref'][f'acc/{OOD}']:.3f} vs SFT end "
+                f"{restoration['target'][f'acc/{OOD}']:.3f}" +
+                (" (nothing lost to recover)" if lost <= 0 else
+                 f"; best {best_r['spec']}: recovered fraction {_fmt(best_r['ood_recovered'])}")))
   sp = st["report_inputs"]["spearman"]
-  acc_rho = sp.get("acc/id_heldout")
-  others = {k: v for k, v in sp.items() if k.startswith("pass@") or k == "gen_loss"}
-  best_k = max(others, key=lambda k: -1 if others[k] is None else others[k]) if others else None
-  if acc_rho is not None and best_k is not None and others[best_k] is not None:
+  acc_key = next((k for k in sp if k.startswith("acc/")), None)
+  acc_rho = sp.get(acc_key) if acc_key else None
+  others = {k: v for k, v in sp.items() if (k.startswith("pass@") or k == "gen_loss") and v is not None}
+  best_k = max(others, key=lambda k: others[k]) if others else None
+  if acc_rho is not None and best_k is not None:
     out.append(("Post-SFT accuracy predicts post-RL accuracy worse than pass@large-k / gen_loss",
                 others[best_k] > acc_rho,
                 f"Spearman: SFT acc {acc_rho:.2f}, best other {best_k} {others[best_k]:.2f} "
                 f"(n={sp['n_points']} start points; weak evidence)"))
   cal = st["rlcr"]
-  if cal["binary"].get("ece/id_heldout") is not None and cal["rlcr"].get("ece/id_heldout") is not None:
-    out.append(("A binary reward leaves the model worse calibrated than the RLCR reward",
-                cal["binary"]["ece/id_heldout"] > cal["rlcr"]["ece/id_heldout"],
-                f"ECE binary {cal['binary']['ece/id_heldout']:.3f} vs RLCR "
-                f"{cal['rlcr']['ece/id_heldout']:.3f} (ID held-out)"))
+  for split in ("id_seen", "id_heldout"):
+    b, r = cal["binary"].get(f"ece/{split}"), cal["rlcr"].get(f"ece/{split}")
+    if b is not None and r is not None:
+      out.append((f"A binary reward leaves the model worse calibrated than RLCR ({LABEL[split]})",
+                  b > r, f"ECE binary {b:.3f} vs RLCR {r:.3f}; Brier "
+                  f"{cal['binary'][f'brier/{split}']:.3f} vs {cal['rlcr'][f'brier/{split}']:.3f}; "
+                  f"accuracy {cal['binary'][f'accuracy/{split}']:.3f} vs "
+                  f"{cal['rlcr'][f'accuracy/{split}']:.3f}"))
   for origin, res in st["srl"].items():
     out.append((f"SRL -> RLVR beats RLVR alone when started from {origin}",
-                res["srl_rlvr"]["acc/id_heldout"] > res["rlvr"]["acc/id_heldout"],
-                f"ID held-out {res['rlvr']['acc/id_heldout']:.3f} (RLVR) vs "
-                f"{res['srl_rlvr']['acc/id_heldout']:.3f} (SRL -> RLVR)"))
+                res["srl_rlvr"]["acc/id_seen"] > res["rlvr"]["acc/id_seen"],
+                f"ID seen {res['rlvr']['acc/id_seen']:.3f} (RLVR) vs "
+                f"{res['srl_rlvr']['acc/id_seen']:.3f} (SRL -> RLVR); held-out "
+                f"{res['rlvr']['acc/id_heldout']:.3f} vs {res['srl_rlvr']['acc/id_heldout']:.3f}"))
   return out
 
 
@@ -194,41 +227,52 @@ def write_report(study) -> dict:
   _restore_figure(st["spectral"]["restoration"], os.path.join(figs, "restoration.png"))
   facts = findings(st)
   n_prob = rows[0]["n_problems"]
-  ks = [k.split("/")[0] for k in rows[0] if k.startswith("pass@") and k.endswith("/ood")]
+  ks = [k.split("/")[0] for k in rows[0] if k.startswith("pass@") and k.endswith(f"/{OOD}")]
+  sft_at = lambda step: next(x for x in rows if x["step"] == step and x["label"] != "base")
+  cal = st["rlcr"]
+  cal_cols = [(k, s_) for s_ in ("id_seen", "id_heldout") for k in ("accuracy", "ece", "brier")]
   md = ["# jaxrl_post study report", "",
         "A miniature, CPU-sized replay of the SFT -> RL questions. Every number below was "
         "measured in this run (stage results in `stages/*.json`).", "",
+        "Splits: **ID seen** = ID-rule hands (J, Q, K = 10) of the value multisets SFT and RL "
+        "train on; **ID held-out** = ID multisets no stage trains on; **OOD base-seen** = "
+        "OOD-rule hands (J, Q, K = 11, 12, 13) of the multisets the base was pretrained on "
+        "(never in SFT or RL data): the OOD skill SFT can erode; **OOD unseen** = OOD "
+        "multisets no stage ever trains on.", "",
         "## 1. SFT: ID and OOD accuracy over SFT snapshots", "",
         f"Greedy accuracy on {n_prob} problems per split; pass@k from "
         f"{rows[0]['n_samples']} samples per problem at temperature 1; gen_loss = token-mean NLL "
-        "of held-out expert solutions.", "",
-        _table(["snapshot", "ID seen", "ID held-out", "OOD", *[f"{k} OOD" for k in ks], "gen_loss"],
-               [[r["label"], r["acc/id_seen"], r["acc/id_heldout"], r["acc/ood"],
-                 *[r[f"{k}/ood"] for k in ks], r["gen_loss"]] for r in rows]),
+        "of held-out (ID held-out) expert solutions.", "",
+        _table(["snapshot", *[LABEL[s_] for s_ in SPLITS],
+                *[f"{k} ID seen" for k in ks], *[f"{k} {LABEL[OOD]}" for k in ks], "gen_loss"],
+               [[r["label"], *[r[f"acc/{s_}"] for s_ in SPLITS],
+                 *[r[f"{k}/id_seen"] for k in ks], *[r[f"{k}/{OOD}"] for k in ks],
+                 r["gen_loss"]] for r in rows]),
         "", "![SFT curve](figures/sft_curve.png)", "",
-        f"OOD peak at SFT step {st['sft_eval']['ood_peak_step']}.", "",
+        f"OOD peak ({LABEL[OOD]}) during SFT at step {st['sft_eval']['ood_peak_step']}.", "",
         "## 2. GRPO from several SFT snapshots", "",
-        f"Greedy accuracy on {n_prob} problems per split after GRPO.", "",
-        _table(["start step", "SFT ID held-out", "GRPO ID held-out", "SFT OOD", "GRPO OOD"],
-               [[r["start_step"],
-                 next(x for x in rows if x["step"] == r["start_step"] and x["label"] != "base")["acc/id_heldout"],
-                 r["acc/id_heldout"],
-                 next(x for x in rows if x["step"] == r["start_step"] and x["label"] != "base")["acc/ood"],
-                 r["acc/ood"]] for r in rl_runs]),
+        f"Greedy accuracy on {n_prob} problems per split, before (the SFT snapshot) and after "
+        f"{study.c.grpo.num_steps} GRPO steps of {study.c.grpo.rl.prompts_per_step} prompts x "
+        f"{study.c.grpo.rl.group_size} samples on ID seen hands.", "",
+        _table(["start step", *[f"{LABEL[s_]} {when}" for s_ in SPLITS for when in ("SFT", "GRPO")]],
+               [[r["start_step"], *[v for s_ in SPLITS for v in
+                                    (sft_at(r["start_step"])[f"acc/{s_}"], r[f"acc/{s_}"])]]
+                for r in rl_runs]),
         "", "![RL before/after](figures/rl_before_after.png)", "",
         "## 3. Which SFT signal predicts post-RL accuracy", "",
         f"Spearman rank correlation over {sp['n_points']} RL start points (target: {sp['target']}). "
         "With so few points this is weak evidence.", "",
         _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
         "", "## 4. Calibration: binary reward vs RLCR", "",
-        f"From the last SFT snapshot (step {st['rlcr']['start_step']}), after a short SFT on "
-        "targets that end with `Confidence: 1.0` (row `sft_conf`); then GRPO with the binary "
-        f"reward or the RLCR reward. {study.c.eval_samples} samples per problem at T=1, "
-        f"{n_prob} problems.", "",
-        _table(["model", "acc ID held-out", "ECE", "Brier", "confidence stated"],
-               [[name, st["rlcr"][name]["accuracy/id_heldout"], st["rlcr"][name]["ece/id_heldout"],
-                 st["rlcr"][name]["brier/id_heldout"],
-                 st["rlcr"][name]["confidence_format_rate/id_heldout"]]
+        f"From the last SFT snapshot (step {cal['start_step']}): a short SFT on targets that end "
+        f"with `Confidence: q` ({_PRIOR_TEXT[study.c.get('conf_prior', 'one')]}, row `sft_conf`), then "
+        f"{study.c.rlcr.num_steps} GRPO steps with the binary reward or the RLCR reward "
+        "`correct - (q - correct)^2`, everything else equal. "
+        f"{study.c.eval_samples} samples per problem at T=1, {n_prob} problems; ECE with 10 "
+        "equal-width bins.", "",
+        _table(["model", *[f"{k} {LABEL[s_]}" for k, s_ in cal_cols], "confidence stated ID seen"],
+               [[name, *[cal[name].get(f"{k}/{s_}") for k, s_ in cal_cols],
+                 cal[name].get("confidence_format_rate/id_seen")]
                 for name in ("sft_conf", "binary", "rlcr")]),
         "", "## 5. SRL and SRL -> RLVR", "",
         _table(["start", "run", "ID seen", "ID held-out", "reward std (first -> last)",
@@ -247,9 +291,11 @@ def write_report(study) -> dict:
                  _pooled(p).get("rotation_energy"), _pooled(p).get("scaling_energy"),
                  _pooled(p).get("sparsity_bfloat16")] for n, p in st["spectral"]["pairs"].items()]),
         "", "![spectral](figures/spectral_summary.png)", "",
-        "Restoration (OOD-peak directions into the end-of-SFT weights):", "",
-        _table(["spec", "ID held-out", "OOD", "fraction of lost OOD recovered"],
-               [[r["spec"], r["acc/id_heldout"], r["acc/ood"], r["ood_recovered"]]
+        f"Restoration (OOD-peak step {st['spectral']['restoration']['ref_step']} singular "
+        f"directions put into the end-of-SFT weights, step "
+        f"{st['spectral']['restoration']['target_step']}; greedy, {n_prob} problems):", "",
+        _table(["spec", "ID seen", LABEL[OOD], "OOD unseen", f"fraction of lost {LABEL[OOD]} recovered"],
+               [[r["spec"], r["acc/id_seen"], r[f"acc/{OOD}"], r["acc/ood"], r["ood_recovered"]]
                 for r in st["spectral"]["restoration"]["rows"]]),
         "", "![restoration](figures/restoration.png)", "",
         "## 7. What reproduced", "",

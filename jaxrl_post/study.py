@@ -36,7 +36,14 @@ from jaxrl_post.hparams import from_config
 from jaxrl_post.model import loading
 from jaxrl_post.trainers import run_trainer
 
-SPLITS = ("id_seen", "id_heldout", "ood")
+# `ood_train` holds OOD-rule hands of the multisets the arith base was
+# pretrained on (never in SFT or RL data): the OOD skill the base has and SFT
+# can erode. `ood` holds OOD multisets no stage ever trains on.
+SPLITS = ("id_seen", "id_heldout", "ood_train", "ood")
+OOD_SKILL = "ood_train"   # the OOD measure the erosion / restoration findings use
+SAMPLED = ("id_seen", "id_heldout", "ood_train")  # pass@k splits of the SFT snapshots
+CALIB_SPLITS = ("id_seen", "id_heldout")   # ECE / Brier of the calibration stage
+RESTORE_SPLITS = ("id_seen", "ood_train", "ood")
 
 
 class StageInputMissing(RuntimeError):
@@ -131,22 +138,22 @@ class Study:
         (f"sft@{s}", sft["workdir"], s) for s in sft["steps"]]:
       greedy = self.evaluate(workdir, step)
       sampled = self.evaluate(workdir, step, num_samples=int(self.c.eval_samples),
-                              ks=tuple(self.c.eval_k), splits=("id_heldout", "ood"))
+                              ks=tuple(self.c.eval_k), splits=SAMPLED)
       _, _, params, got = loading.load_workdir(workdir, step)
       gen_loss = evaluation.generalization_loss(params, cfg, tok, held,
                                                 seq_len=int(self.c.sft.seq_len))
       rows.append({"label": label, "workdir": workdir, "step": got,
                    **{f"acc/{s}": greedy[s]["accuracy"] for s in SPLITS},
                    **{f"pass@{k}/{s}": sampled[s]["pass@k"][str(k)]
-                      for s in ("id_heldout", "ood") for k in self.c.eval_k},
+                      for s in SAMPLED for k in self.c.eval_k},
                    "gen_loss": gen_loss,
                    "n_problems": greedy["ood"]["n_problems"],
                    "n_samples": int(self.c.eval_samples)})
       self.log(f"  {label}: ID seen {rows[-1]['acc/id_seen']:.2f} heldout "
-               f"{rows[-1]['acc/id_heldout']:.2f} OOD {rows[-1]['acc/ood']:.2f} "
-               f"gen_loss {gen_loss:.3f}")
+               f"{rows[-1]['acc/id_heldout']:.2f} OOD base-seen {rows[-1]['acc/ood_train']:.2f} "
+               f"OOD unseen {rows[-1]['acc/ood']:.2f} gen_loss {gen_loss:.3f}")
     sft_rows = [r for r in rows if r["label"] != "base"]
-    peak = max(sft_rows, key=lambda r: (r["acc/ood"], -r["step"]))
+    peak = max(sft_rows, key=lambda r: (r[f"acc/{OOD_SKILL}"], r["acc/ood"], -r["step"]))
     return {"rows": rows, "ood_peak_step": peak["step"]}
 
   def _rl_starts(self) -> list[int]:
@@ -170,8 +177,9 @@ class Study:
       runs.append({"start_step": step, "workdir": w,
                    **{f"acc/{s}": ev[s]["accuracy"] for s in SPLITS},
                    "metrics": _last_metrics(w)})
-      self.log(f"  GRPO from SFT step {step}: ID heldout {runs[-1]['acc/id_heldout']:.2f} "
-               f"OOD {runs[-1]['acc/ood']:.2f}")
+      self.log(f"  GRPO from SFT step {step}: ID seen {runs[-1]['acc/id_seen']:.2f} "
+               f"heldout {runs[-1]['acc/id_heldout']:.2f} OOD base-seen "
+               f"{runs[-1]['acc/ood_train']:.2f} unseen {runs[-1]['acc/ood']:.2f}")
     return {"runs": runs}
 
   def stage_rlcr(self) -> dict:
@@ -183,25 +191,26 @@ class Study:
     out = {"start_step": start}
     # The SFT model never states a confidence: a short SFT on targets ending in
     # `Confidence: 1.0` teaches the format (and total confidence) first.
+    conf_opts = {"confidence": True, "confidence_prior": str(self.c.get("conf_prior", "one"))}
     conf_cfg = copy.deepcopy(self.c.sft)
-    conf_cfg.task_options = {"confidence": True}
+    conf_cfg.task_options = dict(conf_opts)
     conf_cfg.num_steps = int(self.c.conf_sft_steps)
     conf_w = self.train("sft_conf", conf_cfg, init_from=f"{sft['workdir']}:{start}")
     # Outputs with a confidence line are longer: the stage has its own budget.
     budget = int(self.c.rlcr.eval.max_new_tokens)
     before = self.evaluate(conf_w, None, num_samples=int(self.c.eval_samples), ks=(1,),
-                           splits=("id_heldout", "ood"), task=task, max_new=budget)
-    out["sft_conf"] = {"workdir": conf_w, **{f"{k}/{s}": before[s][k] for s in ("id_heldout", "ood")
+                           splits=CALIB_SPLITS, task=task, max_new=budget)
+    out["sft_conf"] = {"workdir": conf_w, **{f"{k}/{s}": before[s][k] for s in CALIB_SPLITS
                                              for k in ("accuracy", "ece", "brier",
                                                        "confidence_format_rate")}}
     for name in ("binary", "rlcr"):  # the same run but for the reward
       cfg = copy.deepcopy(self.c.rlcr)
       cfg.rl.reward = name
-      cfg.task_options = {"confidence": True}
+      cfg.task_options = dict(conf_opts)
       w = self.train(f"calib_{name}", cfg, init_from=conf_w)
       ev = self.evaluate(w, None, num_samples=int(self.c.eval_samples), ks=(1,),
-                         splits=("id_heldout", "ood"), task=task, max_new=budget)
-      out[name] = {"workdir": w, **{f"{k}/{s}": ev[s][k] for s in ("id_heldout", "ood")
+                         splits=CALIB_SPLITS, task=task, max_new=budget)
+      out[name] = {"workdir": w, **{f"{k}/{s}": ev[s][k] for s in CALIB_SPLITS
                                     for k in ("accuracy", "ece", "brier",
                                               "confidence_format_rate")}}
     return out
@@ -213,8 +222,11 @@ class Study:
     out = {}
     for origin, spec in (("base", base["workdir"]), ("sft_first", f"{sft['workdir']}:{first}")):
       srl_w = self.train(f"srl_from_{origin}", self.c.srl, init_from=spec)
-      rlvr_w = self.train(f"srl_rlvr_from_{origin}", self.c.grpo, init_from=srl_w)
-      alone_w = self.train(f"rlvr_from_{origin}", self.c.grpo, init_from=spec)
+      steps = int(self.c.get("srl_rlvr_steps", self.c.grpo.num_steps))
+      rlvr_w = self.train(f"srl_rlvr_from_{origin}", self.c.grpo, init_from=srl_w,
+                          num_steps=steps)
+      alone_w = self.train(f"rlvr_from_{origin}", self.c.grpo, init_from=spec,
+                           num_steps=steps)
       res = {}
       for name, w in (("srl", srl_w), ("srl_rlvr", rlvr_w), ("rlvr", alone_w)):
         ev = self.evaluate(w, None, splits=("id_seen", "id_heldout"))
@@ -260,14 +272,13 @@ class Study:
     rest = []
     for spec in self.c.restore_specs:
       params = restore_lib.restore_params(p_peak, p_end, spec)
-      accs = self._accuracy_of(cfg, tok, params, ("id_heldout", "ood"))
+      accs = self._accuracy_of(cfg, tok, params, RESTORE_SPLITS)
       rest.append({"spec": spec, **{f"acc/{s}": a for s, a in accs.items()},
                    "ood_recovered": restore_lib.recovery_fraction(
-                       peak_row["acc/ood"], end_row["acc/ood"], accs["ood"])})
-    out["restoration"] = {"ref_step": peak, "target_step": last,
-                          "ref": {"acc/ood": peak_row["acc/ood"], "acc/id_heldout": peak_row["acc/id_heldout"]},
-                          "target": {"acc/ood": end_row["acc/ood"], "acc/id_heldout": end_row["acc/id_heldout"]},
-                          "rows": rest}
+                       peak_row[f"acc/{OOD_SKILL}"], end_row[f"acc/{OOD_SKILL}"], accs[OOD_SKILL])})
+    pick = lambda row: {f"acc/{s}": row[f"acc/{s}"] for s in RESTORE_SPLITS}
+    out["restoration"] = {"ref_step": peak, "target_step": last, "ood_split": OOD_SKILL,
+                          "ref": pick(peak_row), "target": pick(end_row), "rows": rest}
     return out
 
   def _accuracy_of(self, cfg, tok, params, splits) -> dict:
@@ -336,7 +347,7 @@ def _json_default(o: Any):
   return str(o)
 
 
-def spearman_table(rows_sft: list[dict], rl_runs: list[dict], split: str = "id_heldout") -> dict:
+def spearman_table(rows_sft: list[dict], rl_runs: list[dict], split: str = "id_seen") -> dict:
   """Spearman of each SFT signal against post-RL accuracy over RL start points."""
   by_step = {r["step"]: r for r in rows_sft}
   post = [r[f"acc/{split}"] for r in rl_runs]

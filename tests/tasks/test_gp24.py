@@ -164,3 +164,34 @@ def test_solution_steps_replay_exactly():
         assert evaluate_formula(lhs)[0] == Fraction(rhs), line
       assert steps[-1].split("=")[1] == "24"
       assert evaluate_formula(formula)[0] == 24
+
+
+def test_confidence_priors():
+  uniform = gp24.Gp24Task(confidence=True, confidence_prior="uniform").examples("train", 200, 0)
+  qs = [float(e.completion.rsplit("Confidence: ", 1)[1]) for e in uniform]
+  assert set(qs) <= {i / 10 for i in range(11)} and len(set(qs)) >= 9
+  ones = gp24.Gp24Task(confidence=True).examples("train", 20, 0)
+  assert all(e.completion.endswith("\nConfidence: 1.0") for e in ones)
+  with pytest.raises(ValueError, match="confidence_prior"):
+    gp24.Gp24Task(confidence_prior="beta")
+
+
+def test_canonical_targets_give_one_answer_per_multiset():
+  by_values = {}
+  for e in gp24.Gp24Task(all_solutions=False).examples("train", 300, 0):
+    by_values.setdefault(tuple(sorted(e.meta["values"])), set()).add(e.completion)
+  assert all(len(c) == 1 for c in by_values.values())
+  many = {}
+  for e in gp24.Gp24Task(all_solutions=True).examples("train", 300, 0):
+    many.setdefault(tuple(sorted(e.meta["values"])), set()).add(e.completion)
+  assert any(len(c) > 1 for c in many.values())
+
+
+def test_expert_all_solutions_reaches_the_task():
+  from configs import gp24_sft
+  from jaxrl_post.hparams import from_config
+  hp = from_config(gp24_sft.get_config())
+  assert dict(hp.task_options)["all_solutions"] is False
+  c = gp24_sft.get_config()
+  c.expert_all_solutions = True
+  assert dict(from_config(c).task_options)["all_solutions"] is True

@@ -9,6 +9,12 @@
 `preset:<name>` (random weights). With `--json` one object per sample is
 printed: {"text", "tokens", "logprobs"} (log-probs under the sampling
 distribution used).
+
+BOS is prepended only when the tokenizer asks for it (`add_bos`: Llama-3
+yes, SmolLM2 / Qwen2 no; the char / sentencepiece tokenizers always).
+`--chat` wraps the prompt in the model's own chat template (e.g. SmolLM2's,
+with its default system prompt unless `--system` is given), or ChatML for
+a tokenizer without one.
 """
 
 import json
@@ -27,7 +33,10 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = of
 _N = flags.DEFINE_integer("num_samples", 1, "Samples for the prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per sample.")
-_CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt in the model's chat template (imported models).")
+_CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt in the model's chat template "
+                          "(imported models; ChatML when the tokenizer has none).")
+_SYSTEM = flags.DEFINE_string("system", None, "System prompt for --chat (default: the "
+                              "template's own, if any).")
 flags.mark_flags_as_required(["init_from", "prompt"])
 
 
@@ -40,6 +49,17 @@ def _validate():
     raise app.UsageError("--top_p must be in (0, 1]")
   if _TOP_K.value < 0 or _N.value < 1:
     raise app.UsageError("--top_k must be >= 0 and --num_samples >= 1")
+  if _SYSTEM.value is not None and not _CHAT.value:
+    raise app.UsageError("--system needs --chat")
+
+
+def prompt_ids(tok, text: str) -> list[int]:
+  """Token ids of a prompt: BOS first when the tokenizer wants one (never twice:
+  a chat template may write it itself)."""
+  ids = tok.encode(text)
+  if getattr(tok, "add_bos", True) and not (ids and ids[0] == tok.bos_id):
+    ids = [tok.bos_id, *ids]
+  return ids
 
 
 def main(argv):
@@ -55,8 +75,8 @@ def main(argv):
   text = _PROMPT.value
   if _CHAT.value:
     from jaxrl_post.model import hf
-    text = hf.chat_prompt(text)
-  ids = [tok.bos_id, *tok.encode(text)] if tok.bos_id is not None and tok.bos_id >= 0 else tok.encode(text)
+    text = hf.chat_prompt(text, system=_SYSTEM.value, tokenizer=tok)
+  ids = prompt_ids(tok, text)
   tokens, mask = S.pad_prompts([ids], tok.pad_id)
   tokens, mask = S.repeat_prompts(tokens, mask, _N.value)
   cfg = cfg.replace(max_seq_len=max(cfg.max_seq_len, tokens.shape[1] + _MAX_NEW.value))

@@ -5,7 +5,10 @@ directory (config.json + model.safetensors, or shards listed in
 model.safetensors.index.json) tensor by tensor into our layout, optionally
 placing every parameter on its sharding as soon as it is assembled.
 `export_hf(params, cfg, directory)` writes config.json + model.safetensors
-(float32) that `transformers` loads, plus the tokenizer when one is given.
+(float32, streamed one tensor at a time) that `transformers` loads, plus the
+tokenizer (and its chat template) when one is given. `load_hf_tokenizer`
+finds a checkpoint's tokenizer (byte-level BPE tokenizer.json, or a
+sentencepiece tokenizer.model).
 
 Layout mapping (per layer l; ours <- HF, PREAMBLE):
   q[l] [D, H, Dh]  <- q_proj.weight [H*Dh, D] transposed; q_bias[l] [H, Dh] <- q_proj.bias
@@ -366,6 +369,39 @@ def import_hf(directory: str, *, shardings: Placement = None,
 # --------------------------------------------------------------------------
 
 
+def write_safetensors(path: str, tensors: Mapping[str, tuple[tuple[int, ...],
+                                                             Callable[[], np.ndarray]]],
+                      metadata: Mapping[str, str] | None = None) -> None:
+  """Writes float32 tensors as one safetensors file, one tensor at a time.
+
+  tensors: name -> (shape, producer); each producer is called once, while
+  writing, so host memory holds one tensor (safetensors' `save_file` builds
+  the whole file in memory first). The format: u64 little-endian header
+  length, the JSON header (dtype, shape, data_offsets per tensor; padded
+  with spaces to 8 bytes), then the raw little-endian bytes in header order.
+  Written to `path.tmp`, then renamed.
+  """
+  header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+  offset = 0
+  for name, (shape, _) in tensors.items():
+    n = 4 * int(np.prod(shape, dtype=np.int64))
+    header[name] = {"dtype": "F32", "shape": [int(d) for d in shape],
+                    "data_offsets": [offset, offset + n]}
+    offset += n
+  raw = json.dumps(header, separators=(",", ":")).encode()
+  raw += b" " * (-len(raw) % 8)
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for name, (shape, make) in tensors.items():
+      x = np.ascontiguousarray(make(), "<f4")
+      if x.shape != tuple(shape):
+        raise ValueError(f"tensor {name!r} has shape {x.shape}, expected {tuple(shape)}")
+      x.tofile(f)
+  os.replace(tmp, path)
+
+
 def export_hf(params, cfg: ModelConfig, directory: str, architecture: str | None = "auto",
               tokenizer=None) -> str:
   """Writes an HF directory loadable by `transformers` (float32 weights).
@@ -385,7 +421,6 @@ def export_hf(params, cfg: ModelConfig, directory: str, architecture: str | None
   Returns:
     directory.
   """
-  from safetensors.numpy import save_file
   if architecture in (None, "auto"):
     architecture = "Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"
   if architecture not in ARCHITECTURES:
@@ -404,35 +439,42 @@ def export_hf(params, cfg: ModelConfig, directory: str, architecture: str | None
       raise ValueError(f"parameter {path} has shape {tuple(flat[path].shape)}, expected {shape} "
                        "from the config")
 
-  def host(path):
-    return np.asarray(flat[path], np.float32)
+  def host(path, l=None):
+    x = flat[path] if l is None else flat[path][l]
+    return np.asarray(x, np.float32)
 
-  L, D = cfg.num_layers, cfg.hidden_size
-  t = {"model.embed_tokens.weight": host("embed"), "model.norm.weight": host("final_norm")}
+  # name -> (HF shape, producer of that tensor): one tensor in host memory at a time.
+  L, D, Dh = cfg.num_layers, cfg.hidden_size, cfg.head_dim
+  t: dict[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]] = {
+      "model.embed_tokens.weight": ((cfg.vocab_size, D), lambda: host("embed")),
+      "model.norm.weight": ((D,), lambda: host("final_norm"))}
   if not cfg.tie_embeddings:
-    t["lm_head.weight"] = host("lm_head").T
-  lp = {k.split("/", 1)[1]: host(k) for k in shapes if k.startswith("layers/")}
+    t["lm_head.weight"] = ((cfg.vocab_size, D), lambda: host("lm_head").T)
+  heads = {"q": cfg.num_heads, "k": cfg.num_kv_heads, "v": cfg.num_kv_heads}
   qwen2 = architecture == "Qwen2ForCausalLM"
   for l in range(L):
     pre = f"model.layers.{l}."
-    for name in ("q", "k", "v"):
-      t[pre + f"self_attn.{name}_proj.weight"] = lp[name][l].reshape(D, -1).T
+    for name, n in heads.items():
+      t[pre + f"self_attn.{name}_proj.weight"] = (
+          (n * Dh, D), lambda name=name, l=l: host(f"layers/{name}", l).reshape(D, -1).T)
       if cfg.qkv_bias:
-        t[pre + f"self_attn.{name}_proj.bias"] = lp[f"{name}_bias"][l].reshape(-1)
+        t[pre + f"self_attn.{name}_proj.bias"] = (
+            (n * Dh,), lambda name=name, l=l: host(f"layers/{name}_bias", l).reshape(-1))
       elif qwen2:
-        t[pre + f"self_attn.{name}_proj.bias"] = np.zeros(lp[name][l].shape[1] * cfg.head_dim,
-                                                          np.float32)
-    t[pre + "self_attn.o_proj.weight"] = lp["o"][l].reshape(-1, D).T
+        t[pre + f"self_attn.{name}_proj.bias"] = ((n * Dh,),
+                                                  lambda n=n: np.zeros(n * Dh, np.float32))
+    t[pre + "self_attn.o_proj.weight"] = (
+        (D, cfg.num_heads * Dh), lambda l=l: host("layers/o", l).reshape(-1, D).T)
     if cfg.qkv_bias and not qwen2:
-      t[pre + "self_attn.o_proj.bias"] = np.zeros((D,), np.float32)
-    t[pre + "mlp.gate_proj.weight"] = lp["gate"][l].T
-    t[pre + "mlp.up_proj.weight"] = lp["up"][l].T
-    t[pre + "mlp.down_proj.weight"] = lp["down"][l].T
-    t[pre + "input_layernorm.weight"] = lp["attn_norm"][l]
-    t[pre + "post_attention_layernorm.weight"] = lp["mlp_norm"][l]
+      t[pre + "self_attn.o_proj.bias"] = ((D,), lambda: np.zeros((D,), np.float32))
+    for name in ("gate", "up", "down"):
+      shape = (D, cfg.intermediate_size) if name == "down" else (cfg.intermediate_size, D)
+      t[pre + f"mlp.{name}_proj.weight"] = (shape, lambda name=name, l=l:
+                                            host(f"layers/{name}", l).T)
+    t[pre + "input_layernorm.weight"] = ((D,), lambda l=l: host("layers/attn_norm", l))
+    t[pre + "post_attention_layernorm.weight"] = ((D,), lambda l=l: host("layers/mlp_norm", l))
   os.makedirs(directory, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in t.items()},
-            os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  write_safetensors(os.path.join(directory, "model.safetensors"), t, metadata={"format": "pt"})
   bos = eos = None
   if tokenizer is not None:
     bos, eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
@@ -454,8 +496,17 @@ def export_hf(params, cfg: ModelConfig, directory: str, architecture: str | None
 def load_hf_tokenizer(directory: str):
   """The tokenizer of a model directory.
 
-  Either a jaxrl_post tokenizer saved under `directory/tokenizer/`, or an HF
-  byte-level BPE `tokenizer.json` (+ tokenizer_config.json) in `directory`.
+  In order: a jaxrl_post tokenizer saved under `directory/tokenizer/` (or
+  in `directory` itself); an HF byte-level BPE `tokenizer.json` (+
+  tokenizer_config.json; Llama-3, Qwen2, SmolLM2); a sentencepiece
+  `tokenizer.model` (Llama-2 style, whose tokenizer.json is byte-fallback
+  BPE rather than byte-level: used when tokenizer.json is absent or not
+  byte-level).
+
+  Raises:
+    FileNotFoundError: none of these files. ValueError: an unsupported
+      tokenizer.json with no tokenizer.model to fall back on (names what is
+      unsupported), or a tokenizer.model whose bos/eos ids are not 1/2.
   """
   from jaxrl_post import tokenizers
   from jaxrl_post.tokenizers.bpe import BPETokenizer
@@ -463,20 +514,52 @@ def load_hf_tokenizer(directory: str):
   if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
     return tokenizers.load_tokenizer(tok_dir)
   path = os.path.join(directory, "tokenizer.json")
+  spm_path = os.path.join(directory, "tokenizer.model")
   if os.path.exists(path):
     with open(path) as f:
       head = json.load(f)
     if "kind" in head:  # a jaxrl_post manifest in the model directory itself
       return tokenizers.load_tokenizer(directory)
-    return BPETokenizer.from_tokenizer_json(path)
-  raise FileNotFoundError(f"{directory}: no tokenizer.json and no jaxrl_post tokenizer/")
+    try:
+      return BPETokenizer.from_tokenizer_json(path)
+    except ValueError:
+      if not os.path.exists(spm_path):
+        raise
+  if os.path.exists(spm_path):
+    return _sentencepiece_tokenizer(spm_path)
+  raise FileNotFoundError(f"{directory}: no tokenizer.json, tokenizer.model or jaxrl_post "
+                          "tokenizer/")
 
 
-def chat_prompt(user: str, system: str | None = None) -> str:
-  """ChatML prompt (SmolLM2 / Qwen2 instruct) ending where the reply starts:
+def _sentencepiece_tokenizer(path: str):
+  """A checkpoint's sentencepiece model as our SentencePieceTokenizer."""
+  import sentencepiece as spm
+  from jaxrl_post.tokenizers import SentencePieceTokenizer
+  with open(path, "rb") as f:
+    proto = f.read()
+  try:
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+  except Exception as e:  # noqa: BLE001 - sentencepiece raises RuntimeError
+    raise ValueError(f"{path}: not a readable sentencepiece model ({e})") from e
+  if (sp.bos_id(), sp.eos_id()) != (SentencePieceTokenizer.bos_id, SentencePieceTokenizer.eos_id):
+    raise ValueError(f"{path}: bos/eos ids are ({sp.bos_id()}, {sp.eos_id()}); jaxrl_post's "
+                     "SentencePieceTokenizer uses (1, 2)")
+  return SentencePieceTokenizer(proto)
 
-  `<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n`, preceded by
-  a `<|im_start|>system\\n{system}<|im_end|>\\n` block when `system` is given.
+
+def chat_prompt(user: str, system: str | None = None, tokenizer=None) -> str:
+  """The prompt of one user turn, ending where the assistant's reply starts.
+
+  With a `tokenizer` that carries the model's chat template (an imported
+  `BPETokenizer`), that template renders it, exactly as `transformers`'
+  `apply_chat_template(..., add_generation_prompt=True)` (SmolLM2's adds its
+  default system prompt when `system` is None). Otherwise ChatML (SmolLM2 /
+  Qwen2 instruct): `<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n`,
+  preceded by `<|im_start|>system\\n{system}<|im_end|>\\n` when `system` is given.
   """
+  if getattr(tokenizer, "chat_template", None):
+    messages = ([{"role": "system", "content": system}] if system is not None else [])
+    return tokenizer.apply_chat_template(messages + [{"role": "user", "content": user}],
+                                         add_generation_prompt=True)
   head = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
   return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"

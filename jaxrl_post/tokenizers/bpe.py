@@ -18,6 +18,11 @@ Rare Words with Subword Units"; Radford et al. 2019 for the byte alphabet):
 Decoding maps each token's characters back to bytes and decodes UTF-8.
 The state is kept as `tokenizer.json`-shaped JSON, so `save` writes a file
 `transformers` can load as well (`hf_tokenizer.json`).
+
+The model's chat template (GGUF `tokenizer.chat_template`, or
+`chat_template` of tokenizer_config.json / chat_template.jinja) is kept and
+rendered by `apply_chat_template` with Jinja2 in a sandbox, as
+`transformers` does.
 """
 
 from __future__ import annotations
@@ -165,6 +170,43 @@ def _token_content(t: Mapping | str | None) -> str | None:
   return t
 
 
+def _check_model(hf_json: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The `model` of a tokenizer.json, if it is BPE this class implements."""
+  model = hf_json.get("model") or {}
+  if model.get("type", "BPE") != "BPE":
+    raise ValueError(f"tokenizer.json model type {model.get('type')!r} is not BPE")
+  if model.get("byte_fallback") or model.get("continuing_subword_prefix") or \
+      model.get("end_of_word_suffix"):
+    raise ValueError("tokenizer.json BPE with byte_fallback / continuing_subword_prefix / "
+                     "end_of_word_suffix is not byte-level BPE (not supported)")
+  return model
+
+
+@functools.lru_cache(maxsize=8)
+def _compile_chat_template(template: str):
+  """A Jinja2 template in an immutable sandbox with transformers' options
+  (trim_blocks, lstrip_blocks, loop controls, raise_exception, tojson)."""
+  try:
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+  except ImportError as e:  # pragma: no cover - jinja2 is a dependency
+    raise ImportError("chat templates need the `jinja2` package (pip install jinja2)") from e
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                      extensions=[jinja2.ext.loopcontrols])
+  env.filters["tojson"] = tojson
+  env.globals["raise_exception"] = raise_exception
+  return env.from_string(template)
+
+
 class BPETokenizer:
   """Byte-level BPE implementing the jaxrl_post tokenizer protocol.
 
@@ -174,23 +216,19 @@ class BPETokenizer:
     add_bos: whether the original tokenizer prepends BOS to a plain text
       (False for SmolLM2 and Qwen2; callers that always prepend `bos_id`
       should check it).
+    chat_template: the model's Jinja2 chat template, or None.
   """
 
   def __init__(self, hf_json: Mapping[str, Any], *, bos_id: int | None, eos_id: int,
-               pad_id: int | None = None, add_bos: bool = False):
+               pad_id: int | None = None, add_bos: bool = False,
+               chat_template: str | None = None):
     """Builds from a `tokenizer.json` dict.
 
     Raises:
       ValueError: a model, normalizer or pre-tokenizer this class does not
         implement (naming it), or special ids outside the vocabulary.
     """
-    model = hf_json.get("model") or {}
-    if model.get("type", "BPE") != "BPE":
-      raise ValueError(f"tokenizer.json model type {model.get('type')!r} is not BPE")
-    if model.get("byte_fallback") or model.get("continuing_subword_prefix") or \
-        model.get("end_of_word_suffix"):
-      raise ValueError("tokenizer.json BPE with byte_fallback / continuing_subword_prefix / "
-                       "end_of_word_suffix is not byte-level BPE (not supported)")
+    model = _check_model(hf_json)
     self._json = json.loads(json.dumps(hf_json))  # a private deep copy
     self._vocab: dict[str, int] = dict(model["vocab"])
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -217,6 +255,7 @@ class BPETokenizer:
     self.bos_id = int(bos_id) if bos_id is not None else self.eos_id
     self.pad_id = int(pad_id) if pad_id is not None else self.eos_id
     self.add_bos = bool(add_bos) and bos_id is not None
+    self.chat_template = chat_template or None
     for name in ("bos_id", "eos_id", "pad_id"):
       if not 0 <= getattr(self, name) < self.vocab_size:
         raise ValueError(f"BPETokenizer.{name}={getattr(self, name)} is outside the "
@@ -236,6 +275,10 @@ class BPETokenizer:
     `tokenizer_config.json` (bos/eos/pad token strings) and `config.json`."""
     with open(path) as f:
       hf_json = json.load(f)
+    try:
+      _check_model(hf_json)  # before the special tokens: the more telling error
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from None
     directory = os.path.dirname(os.path.abspath(path))
     tcfg, mcfg = {}, {}
     if os.path.exists(os.path.join(directory, "tokenizer_config.json")):
@@ -262,7 +305,16 @@ class BPETokenizer:
                        "eos_token / config.json eos_token_id)")
     if add_bos is None:
       add_bos = bool(tcfg.get("add_bos_token", False))
-    return cls(hf_json, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
+    template = tcfg.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+      named = {t.get("name"): t.get("template") for t in template}
+      template = named.get("default")
+    jinja = os.path.join(directory, "chat_template.jinja")  # transformers >= 4.50
+    if template is None and os.path.exists(jinja):
+      with open(jinja) as f:
+        template = f.read()
+    return cls(hf_json, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos,
+               chat_template=template)
 
   @classmethod
   def from_gguf_metadata(cls, fields: Mapping[str, Any]) -> "BPETokenizer":
@@ -308,7 +360,8 @@ class BPETokenizer:
       raise ValueError("GGUF metadata has no tokenizer.ggml.eos_token_id")
     return cls(hf_json, bos_id=fields.get("tokenizer.ggml.bos_token_id"), eos_id=eos,
                pad_id=fields.get("tokenizer.ggml.padding_token_id"),
-               add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)))
+               add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+               chat_template=fields.get("tokenizer.chat_template"))
 
   # ----------------------------------------------------------------- encode
 
@@ -404,6 +457,24 @@ class BPETokenizer:
     """Id of a vocabulary entry or added token (its stored spelling)."""
     return self._added.get(token, self._vocab.get(token))
 
+  # ------------------------------------------------------------------- chat
+
+  def apply_chat_template(self, messages: Sequence[Mapping[str, str]],
+                          add_generation_prompt: bool = True) -> str:
+    """The prompt text of `messages` ([{"role", "content"}, ...]) rendered
+    with the model's chat template (what `transformers`' tokenizer gives
+    with tokenize=False), ending where the reply starts when
+    `add_generation_prompt`.
+
+    Raises:
+      ValueError: the tokenizer has no chat template.
+    """
+    if not self.chat_template:
+      raise ValueError("this tokenizer has no chat template")
+    return _compile_chat_template(self.chat_template).render(
+        messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+        bos_token=self._id_to_token[self.bos_id], eos_token=self._id_to_token[self.eos_id])
+
   # ---------------------------------------------------------------- persist
 
   def hf_json(self) -> dict:
@@ -413,10 +484,13 @@ class BPETokenizer:
   def hf_tokenizer_config(self) -> dict:
     """A `tokenizer_config.json` for `transformers` naming the special tokens."""
     name = lambda i: self._id_to_token[i]  # noqa: E731
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(self.bos_id),
-            "eos_token": name(self.eos_id), "pad_token": name(self.pad_id),
-            "add_bos_token": self.add_bos, "clean_up_tokenization_spaces": False,
-            "model_max_length": 1 << 30}
+    out = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(self.bos_id),
+           "eos_token": name(self.eos_id), "pad_token": name(self.pad_id),
+           "add_bos_token": self.add_bos, "clean_up_tokenization_spaces": False,
+           "model_max_length": 1 << 30}
+    if self.chat_template:
+      out["chat_template"] = self.chat_template
+    return out
 
   def save_hf(self, directory: str) -> None:
     """Writes `tokenizer.json` + `tokenizer_config.json` for `transformers`."""
@@ -430,7 +504,8 @@ class BPETokenizer:
     """jaxrl_post layout: manifest `tokenizer.json` + `hf_tokenizer.json`."""
     base.write_manifest(directory, {"kind": "bpe", "model": "hf_tokenizer.json",
                                     "bos_id": self.bos_id, "eos_id": self.eos_id,
-                                    "pad_id": self.pad_id, "add_bos": self.add_bos})
+                                    "pad_id": self.pad_id, "add_bos": self.add_bos,
+                                    "chat_template": self.chat_template})
     with open(os.path.join(directory, "hf_tokenizer.json"), "w") as f:
       json.dump(self._json, f, ensure_ascii=False)
 
@@ -442,4 +517,4 @@ class BPETokenizer:
     with open(os.path.join(directory, m["model"])) as f:
       hf_json = json.load(f)
     return cls(hf_json, bos_id=m["bos_id"], eos_id=m["eos_id"], pad_id=m["pad_id"],
-               add_bos=m["add_bos"])
+               add_bos=m["add_bos"], chat_template=m.get("chat_template"))

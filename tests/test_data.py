@@ -58,3 +58,25 @@ def test_epochs_cover_the_pool():
 def test_too_long_examples_fail_clearly():
   with pytest.raises(ValueError, match="seq_len"):
     D.BatchStream(_seqs(), batch_size=2, seq_len=4, pad_id=0, seed=0)
+
+
+class _Tok:
+  """A byte tokenizer with an `add_bos` switch (like an imported BPE one)."""
+
+  bos_id, eos_id, pad_id = 1, 2, 0
+
+  def __init__(self, add_bos):
+    self.add_bos = add_bos
+
+  def encode(self, text):
+    return [3 + b for b in text.encode()]
+
+
+def test_tokenize_prepends_bos_only_when_the_tokenizer_wants_it():
+  from jaxrl_post.tasks.base import Example
+  ex = Example(id="e", prompt="ab", completion="c", answer="c", steps=(), meta={})
+  with_bos = D.tokenize_examples([ex], _Tok(True))[0]
+  without = D.tokenize_examples([ex], _Tok(False))[0]
+  assert with_bos.prompt == (1, 3 + ord("a"), 3 + ord("b"))
+  assert without.prompt == (3 + ord("a"), 3 + ord("b"))
+  assert with_bos.completion == without.completion == (3 + ord("c"), 2)

@@ -1,6 +1,6 @@
 """Tokenizers: characters, sentencepiece, and the protocol they share."""
 
-from jaxrl_post.tokenizers.base import Tokenizer, read_manifest
+from jaxrl_post.tokenizers.base import Tokenizer, prompt_ids, read_manifest
 from jaxrl_post.tokenizers.char import CharTokenizer
 from jaxrl_post.tokenizers.spm import SentencePieceTokenizer
 

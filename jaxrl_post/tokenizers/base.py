@@ -28,6 +28,19 @@ class Tokenizer(Protocol):
   def save(self, directory: str) -> None: ...
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+  """The ids of a prompt: BOS first when the tokenizer wants one, never twice.
+
+  Tokenizers without an `add_bos` attribute (char, sentencepiece) always get
+  BOS; an imported BPE tokenizer follows its model (Llama-3 yes, SmolLM2 /
+  Qwen2 no), and a chat template that writes BOS itself is not doubled.
+  """
+  ids = tokenizer.encode(text)
+  if getattr(tokenizer, "add_bos", True) and not (ids and ids[0] == tokenizer.bos_id):
+    ids = [tokenizer.bos_id, *ids]
+  return ids
+
+
 MANIFEST = "tokenizer.json"
 
 

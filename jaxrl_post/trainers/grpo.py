@@ -39,6 +39,7 @@ from jaxrl_post import losses
 from jaxrl_post import sampling as S
 from jaxrl_post.hparams import RLHParams
 from jaxrl_post.model import ModelConfig, forward
+from jaxrl_post.tokenizers.base import prompt_ids
 from jaxrl_post.trainers.state import TrainState
 
 
@@ -258,7 +259,7 @@ class PromptSource:
     self.tokenizer = tokenizer
     self.per_step = prompts_per_step * rounds
     self.seed = seed
-    self.ids = [[tokenizer.bos_id, *tokenizer.encode(e.prompt)] for e in self.examples]
+    self.ids = [prompt_ids(tokenizer, e.prompt) for e in self.examples]
     self.length = S.bucket_length(max(len(i) for i in self.ids))
     self._np = np
 

@@ -172,9 +172,16 @@ def accuracy_metrics(ctx: RunContext, sampler: S.Sampler, params,
   return out
 
 
+EVAL_LOGITS_BYTES = 1 << 29  # float32 logits of one eval batch: at most 512 MiB
+
+
 def _eval_rows(ctx: RunContext) -> int:
+  """Rows per eval batch: 64, fewer when [rows, seq_len, vocab] float32 logits
+  would pass EVAL_LOGITS_BYTES (an imported 49k-vocab model at 320 tokens
+  gets 8, not 4 GiB of logits); a multiple of the batch-sharding devices."""
   n = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
-  return max(n, (64 // n) * n)
+  fit = EVAL_LOGITS_BYTES // (4 * ctx.hp.seq_len * ctx.cfg.vocab_size)
+  return max(n, (min(64, fit) // n) * n)
 
 
 class RunLoop:

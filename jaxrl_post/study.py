@@ -59,7 +59,10 @@ class Study:
     self.log = log
     os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
     self._samplers: dict = {}
-    self.task = tasks_lib.get_task("gp24")
+    # The SFT stage's expert targets (canonical or all solutions) also make
+    # the held-out examples of gen_loss.
+    self.all_solutions = bool(config.sft.get("expert_all_solutions", True))
+    self.task = tasks_lib.get_task("gp24", all_solutions=self.all_solutions)
 
   # ------------------------------------------------------------------ utils
   def path(self, *parts) -> str:
@@ -187,7 +190,7 @@ class Study:
     # From the last SFT snapshot, the most accurate one: calibration needs
     # some correct answers to calibrate against.
     start = sft["steps"][-1]
-    task = tasks_lib.get_task("gp24", confidence=True)
+    task = tasks_lib.get_task("gp24", confidence=True, all_solutions=self.all_solutions)
     out = {"start_step": start}
     # The SFT model never states a confidence: a short SFT on targets ending in
     # `Confidence: 1.0` teaches the format (and total confidence) first.

@@ -2,8 +2,10 @@
 
 A spec is one of:
   * `workdir[:step]`   a jaxrl_post training run (newest good snapshot by default),
-  * a Hugging Face directory (config.json + *.safetensors),
-  * a `.gguf` file (llama architecture),
+  * a Hugging Face directory (config.json + *.safetensors; its tokenizer.json
+    or tokenizer.model),
+  * a `.gguf` file (llama / qwen2 architecture; its BPE tokenizer and chat
+    template from the metadata),
   * `preset:<name>`    a randomly initialised preset with the character tokenizer.
 """
 

@@ -102,7 +102,6 @@ class TrainHParams:
   snapshot: SnapshotHParams
   eval: EvalHParams
   rl: RLHParams
-  expert_all_solutions: bool
   task_options: tuple[tuple[str, Any], ...]
   data_dir: str = ""  # tfds cache of the task examples ("": generate in memory)
 
@@ -174,10 +173,9 @@ def from_config(config) -> TrainHParams:
   # The card tasks draw expert targets from every solution, or always give
   # the first (canonical) one; `expert_all_solutions` reaches them as a task
   # option so every tool that rebuilds the task from hparams sees it.
-  all_solutions = bool(config.get("expert_all_solutions", True))
   task_options = _sub(config, "task_options")
   if task in CARD_TASKS:
-    task_options.setdefault("all_solutions", all_solutions)
+    task_options.setdefault("all_solutions", bool(config.get("expert_all_solutions", True)))
   return TrainHParams(
       trainer=trainer, task=task, seed=int(config.get("seed", 0)), model=model,
       tokenizer=tok, init_from=str(config.get("init_from", "") or ""),
@@ -186,6 +184,5 @@ def from_config(config) -> TrainHParams:
       pack=bool(config.get("pack", False)),
       num_train_examples=int(config.get("num_train_examples", 20000)),
       mesh=mesh, optim=optim, snapshot=snapshot, eval=ev, rl=rl,
-      expert_all_solutions=all_solutions,
       task_options=tuple(sorted(task_options.items())),
       data_dir=str(config.get("data_dir", "") or ""))

@@ -265,7 +265,7 @@ def write_report(study) -> dict:
         _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
         "", "## 4. Calibration: binary reward vs RLCR", "",
         f"From the last SFT snapshot (step {cal['start_step']}): a short SFT on targets that end "
-        f"with `Confidence: q` ({_PRIOR_TEXT[study.c.get('conf_prior', 'one')]}, row `sft_conf`), then "
+        f"with `Confidence: q` ({_PRIOR_TEXT[study.c.conf_prior]}, row `sft_conf`), then "
         f"{study.c.rlcr.num_steps} GRPO steps with the binary reward or the RLCR reward "
         "`correct - (q - correct)^2`, everything else equal. "
         f"{study.c.eval_samples} samples per problem at T=1, {n_prob} problems; ECE with 10 "

@@ -193,8 +193,8 @@ class Study:
     task = tasks_lib.get_task("gp24", confidence=True, all_solutions=self.all_solutions)
     out = {"start_step": start}
     # The SFT model never states a confidence: a short SFT on targets ending in
-    # `Confidence: 1.0` teaches the format (and total confidence) first.
-    conf_opts = {"confidence": True, "confidence_prior": str(self.c.get("conf_prior", "one"))}
+    # `Confidence: q` (q per `conf_prior`) teaches the format first.
+    conf_opts = {"confidence": True, "confidence_prior": str(self.c.conf_prior)}
     conf_cfg = copy.deepcopy(self.c.sft)
     conf_cfg.task_options = dict(conf_opts)
     conf_cfg.num_steps = int(self.c.conf_sft_steps)
@@ -225,7 +225,7 @@ class Study:
     out = {}
     for origin, spec in (("base", base["workdir"]), ("sft_first", f"{sft['workdir']}:{first}")):
       srl_w = self.train(f"srl_from_{origin}", self.c.srl, init_from=spec)
-      steps = int(self.c.get("srl_rlvr_steps", self.c.grpo.num_steps))
+      steps = int(self.c.srl_rlvr_steps)
       rlvr_w = self.train(f"srl_rlvr_from_{origin}", self.c.grpo, init_from=srl_w,
                           num_steps=steps)
       alone_w = self.train(f"rlvr_from_{origin}", self.c.grpo, init_from=spec,

@@ -116,7 +116,8 @@ def _ranks_for(values: Sequence[int], rule: str, rng: np.random.Generator) -> li
 def make_example(ranks: Sequence[int], rule: str, rng: np.random.Generator, *,
                  all_solutions: bool = True, confidence: bool = False,
                  confidence_prior: str = "one", uid: str = "") -> Example:
-  """An Example for a hand; the expert target is drawn from all solutions."""
+  """An Example for a hand; the expert target is a random solution (all_solutions)
+  or the first, canonical one."""
   values = tuple(card_value(r, rule) for r in ranks)
   sols = solve(tuple(sorted(values)), TARGET)
   if not sols:

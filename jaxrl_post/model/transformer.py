@@ -43,6 +43,7 @@ from jaxrl_post.model.config import ModelConfig
 Params = dict[str, Any]
 
 _INIT_STD = 0.02
+_UNROLL_MAX_LAYERS = 8  # the training forward's layer scan is unrolled up to this depth
 
 
 def _dtype(name: str) -> jnp.dtype:
@@ -242,17 +243,49 @@ def _attend(q, k, v, mask, cfg: ModelConfig):
   return out.reshape(b, t, cfg.num_heads, dh)
 
 
+# Query chunk of the causal self-attention below. Measured train steps: 64
+# beats 128 (less work skipped) at mini 16 x 256 and small 32 x 128; 32 is
+# within noise at 256 and slower at 128 (more, smaller ops).
+_CAUSAL_CHUNK = 64
+
+
+def _attend_causal(q, k, v, mask, cfg: ModelConfig, chunk: int = _CAUSAL_CHUNK):
+  """`_attend` for causal self-attention, skipping the all-masked blocks.
+
+  Query chunk i (rows [iC, (i+1)C)) can only see keys [0, (i+1)C), so it is
+  scored against those alone: (n + 1) / 2n of the T x T work for n chunks
+  (5/8 at T = 256, C = 64), in the forward and the backward. The same
+  numbers as `_attend`: a masked score contributes exp(-1e30 - max) = 0.
+
+  q: [B, T, H, Dh]; k: [B, KV, T, Dh]; v: [B, KV, Dh, T]; mask: bool[B, T, T]
+  (causal, so mask[:, t, s] is False for s > t).
+  """
+  t = q.shape[1]
+  if t <= chunk or t % chunk:
+    return _attend(q, k, v, mask, cfg)
+  outs = []
+  for start in range(0, t, chunk):
+    end = start + chunk
+    outs.append(_attend(q[:, start:end], k[:, :, :end], v[..., :end],
+                        mask[:, start:end, :end], cfg))
+  return jnp.concatenate(outs, axis=1)
+
+
 def _mlp(p, h):
   """SwiGLU: down(silu(h gate) * (h up)); h [B, T, D] -> [B, T, D]."""
   return _dense(jax.nn.silu(_dense(h, p["gate"])) * _dense(h, p["up"]), p["down"])
 
 
-def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn):
-  """One pre-norm decoder layer. kv_fn(k, v) -> (keys, values, mask, aux)."""
+def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn, causal: bool = False):
+  """One pre-norm decoder layer. kv_fn(k, v) -> (keys, values, mask, aux).
+
+  causal: keys are the layer's own T tokens under a causal mask (no cache),
+  so the all-masked blocks can be skipped (`_attend_causal`).
+  """
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
   q, k, v = _project_qkv(p, h, cfg, cos, sin)
   keys, values, mask, aux = kv_fn(k, v)
-  attn = _attend(q, keys, values, mask, cfg)
+  attn = (_attend_causal if causal else _attend)(q, keys, values, mask, cfg)
   b, t = attn.shape[:2]
   x = x + _dense(attn.reshape(b, t, -1), p["o"].reshape(-1, p["o"].shape[-1]))
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
@@ -314,10 +347,14 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
       return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1), mask, None
 
     def body(x, p):
-      x, _ = _block(p, x, cfg, cos, sin, self_kv)
+      x, _ = _block(p, x, cfg, cos, sin, self_kv, causal=True)
       return x, None
 
-    x, _ = jax.lax.scan(body, x, layers)
+    # Shallow models are unrolled: XLA:CPU otherwise zero-fills and
+    # dynamic-slices stacked per-layer residual buffers for the backward
+    # (measured, mini preset train step: -7% at 16 x 256, -15% at 64 x 64).
+    unroll = cfg.num_layers if cfg.num_layers <= _UNROLL_MAX_LAYERS else 1
+    x, _ = jax.lax.scan(body, x, layers, unroll=unroll)
     new_cache = None
   else:
     idx = jnp.asarray(cache_index, jnp.int32)

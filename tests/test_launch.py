@@ -83,7 +83,7 @@ def test_evaluate_bad_input(workdir, tmp_path):
 
 
 def test_sample_json(workdir):
-  out = _run("launch.sample", f"--init_from={workdir}:5", "--prompt=Cards: 1, 2, 3, 4.",
+  out = _run("launch.sample", f"--init_from={workdir}:5", "--prompt=Cards: 1 2 3 4. J Q K are 10. Make 24.",
              "--num_samples=2", "--max_new_tokens=6", "--json").stdout.strip().splitlines()
   rows = [json.loads(l) for l in out]
   assert len(rows) == 2

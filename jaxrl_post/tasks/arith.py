@@ -4,7 +4,7 @@ Mixture (fractions of the examples):
   45%  24-point hands under BOTH rules (ID hands from `id_seen` multisets, OOD
        hands from `ood_train`; the held-out multisets of either rule never
        appear), in the exact gp24 prompt/completion format;
-  15%  card values under a stated rule (`Cards: A, J, 7. <rule> Values?` -> `1, 11, 7`);
+  15%  card values under a stated rule (`Cards: A J 7. <rule> Values?` -> `1, 11, 7`);
   20%  single operations on values 1..13 (`Compute 7*8.` -> `7*8=56`);
   20%  three-number reductions to a target, half in the SRL step format
        (`<think>...</think>` then the step), so a base knows that format.
@@ -24,7 +24,7 @@ SPLITS = ("train", "test")
 def _card_values(rng) -> Example:
   rule = "id" if rng.random() < 0.5 else "ood"
   ranks = [int(r) for r in rng.integers(1, 14, size=int(rng.integers(2, 5)))]
-  names = ", ".join(gp24.rank_name(r) for r in ranks)
+  names = " ".join(gp24.rank_name(r) for r in ranks)
   vals = ", ".join(str(gp24.card_value(r, rule)) for r in ranks)
   return Example(id="", prompt=f"Cards: {names}. {gp24.RULE_TEXT[rule]} Values?\n",
                  completion=vals, answer=vals, steps=(vals,), meta={"rule": rule})
@@ -64,6 +64,7 @@ def _reduction(rng, srl_format: bool) -> Example:
 class ArithTask:
   name = "arith"
   splits = SPLITS
+  generator_version = gp24.Gp24Task.generator_version  # it embeds gp24 hands
 
   def __init__(self, all_solutions: bool = True):
     self.gp24 = gp24.Gp24Task(all_solutions=all_solutions)

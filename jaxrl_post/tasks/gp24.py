@@ -39,8 +39,7 @@ TARGET = 24
 SPLIT_SEED = 20250101
 HELDOUT_FRACTION = 0.2
 OOD_HELDOUT_FRACTION = 0.4
-RULE_TEXT = {"id": "J, Q and K count as 10.",
-             "ood": "J, Q and K count as 11, 12 and 13."}
+RULE_TEXT = {"id": "J Q K are 10.", "ood": "J Q K are 11 12 13."}
 SPLITS = ("train", "id_seen", "id_heldout", "ood", "ood_train")
 CONFIDENCE_PRIORS = ("one", "uniform")
 
@@ -97,9 +96,15 @@ def split_multisets() -> dict[str, tuple[tuple[int, ...], ...]]:
 
 
 def prompt_text(cards: Sequence[int], rule: str, confidence: bool = False) -> str:
-  hand = ", ".join(rank_name(r) for r in cards)
-  tail = " Then state Confidence." if confidence else ""
-  return f"Cards: {hand}. {RULE_TEXT[rule]} Use each card once to make 24.{tail}\n"
+  """`Cards: K 8 10 7. J Q K are 10. Make 24.` (+ ` State confidence.`).
+
+  Short on purpose: the prompt is masked out of the SFT loss but paid for in
+  every forward pass, and at the old 74 characters it was 64% of an example's
+  tokens. It still states the rule in words and the task (each card once).
+  """
+  hand = " ".join(rank_name(r) for r in cards)
+  tail = " State confidence." if confidence else ""
+  return f"Cards: {hand}. {RULE_TEXT[rule]} Make 24.{tail}\n"
 
 
 def _ranks_for(values: Sequence[int], rule: str, rng: np.random.Generator) -> list[int]:
@@ -140,6 +145,8 @@ class Gp24Task:
 
   name = "gp24"
   splits = SPLITS
+  # Bumped whenever the text of an example changes (keys the tfds cache).
+  generator_version = "2: short prompt"
 
   def __init__(self, all_solutions: bool = True, confidence: bool = False,
                confidence_prior: str = "one"):

@@ -37,7 +37,7 @@ def test_gsm8k_real_data_and_verifier():
 def test_arith_corpus_mixes_rules_and_formats():
   ex = tasks.get_task("arith").examples("train", 200, seed=0)
   text = "".join(e.prompt for e in ex)
-  assert "count as 10" in text and "11, 12 and 13" in text
+  assert "J Q K are 10." in text and "J Q K are 11 12 13." in text
   assert any("<think>" in e.completion for e in ex)
   assert any(e.prompt.startswith("Compute") for e in ex)
 

@@ -24,6 +24,8 @@ _TEMP = flags.DEFINE_float("temperature", None, "Default: 0 (greedy) if n == 1 e
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Default: the run's eval setting.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Problem draw and sampling seed.")
+_TASK = flags.DEFINE_string("task", None, "Task to evaluate on (default: the run's own), "
+                            "e.g. gp24 for a base pretrained on arith.")
 _OUT = flags.DEFINE_string("out", None, "Output path (default W/eval/step_<S>.json).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -60,7 +62,12 @@ def main(argv):
 
   with open(cfg_path) as f:
     run_cfg = json.load(f)
-  task = tasks.get_task(run_cfg.get("task", "gp24"), **(run_cfg.get("task_options") or {}))
+  if _TASK.value and _TASK.value != run_cfg.get("task"):
+    if _TASK.value not in tasks.TASKS:
+      raise app.UsageError(f"--task={_TASK.value!r}: unknown; known: {sorted(tasks.TASKS)}")
+    task = tasks.get_task(_TASK.value)
+  else:
+    task = tasks.get_task(run_cfg.get("task", "gp24"), **(run_cfg.get("task_options") or {}))
   splits = expand_splits(_SPLIT.value, task.splits)
   steps = checkpoint.list_steps(os.path.join(w, "checkpoints"))
   if not steps:

@@ -71,11 +71,30 @@ def test_evaluate_writes_the_contract(workdir):
     assert all(set(p) == {"id", "n", "c"} for p in r["per_problem"])
 
 
+def test_compile_cache_dir_setting_and_use(workdir, tmp_path, monkeypatch):
+  from launch import common
+  monkeypatch.delenv(common.COMPILE_CACHE_ENV, raising=False)
+  assert common.compile_cache_dir().endswith(os.path.join(".cache", "jaxrl_post", "xla"))
+  for off in ("", "off", "0"):
+    monkeypatch.setenv(common.COMPILE_CACHE_ENV, off)
+    assert common.compile_cache_dir() == ""
+  cache = tmp_path / "xla"
+  env = dict(ENV, JAXRL_POST_COMPILE_CACHE=str(cache))
+  p = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}",
+                      "--split=id_seen", "--num_problems=2", "--max_new_tokens=8",
+                      f"--out={tmp_path}/e.json"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert os.listdir(cache), "the rollout kernel's executable was not cached"
+
+
 def test_evaluate_bad_input(workdir, tmp_path):
   p = _run("launch.evaluate", f"--workdir={workdir}", "--split=val", check=False)
   assert p.returncode != 0 and "unknown split" in p.stderr
   p = _run("launch.evaluate", f"--workdir={workdir}", "--num_samples=2", "--k=4", check=False)
   assert p.returncode != 0 and "k <= num_samples" in p.stderr
+  p = _run("launch.evaluate", f"--workdir={workdir}", "--task=chess", check=False)
+  assert p.returncode != 0 and "--task='chess': unknown" in p.stderr
   os.makedirs(tmp_path / "empty")
   json.dump({"task": "gp24"}, open(tmp_path / "empty" / "config.json", "w"))
   p = _run("launch.evaluate", f"--workdir={tmp_path}/empty", check=False)

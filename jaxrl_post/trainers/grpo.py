@@ -120,7 +120,8 @@ def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
     rollout, rewards, aux, std = _rollout_round(params, cfg, rc, p, m, reward_fn, key)
     keep = std > hp.dynamic_eps
     weight = jnp.ones((pb,), jnp.float32)
-    stats = {"frac_reward_zero_std": 1.0 - keep.mean(), "gen_rounds": jnp.float32(1)}
+    stats = {"frac_reward_zero_std": 1.0 - keep.mean(), "gen_rounds": jnp.float32(1),
+             "reward_mean_sampled": rewards.mean()}
     return rollout, rewards, aux, weight, stats
 
   # Dynamic sampling: roll out rounds until pb informative groups are found.
@@ -154,7 +155,10 @@ def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
   seen = (round_ids < used)
   stats = {"frac_reward_zero_std": 1.0 - jnp.sum(keep_all) / jnp.maximum(jnp.sum(seen), 1),
            "gen_rounds": used.astype(jnp.float32),
-           "frac_groups_filled": weight.mean()}
+           "frac_groups_filled": weight.mean(),
+           # The policy's own mean reward: the first round, before any group
+           # is dropped (`reward_mean` is over the kept, informative groups).
+           "reward_mean_sampled": first[1].mean()}
   return rollout, rewards, aux, weight, stats
 
 

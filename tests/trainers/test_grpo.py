@@ -59,6 +59,7 @@ def test_step_compiles_once_and_updates():
               "clip_frac", "kl", "entropy", "grad_norm", "reward/task"):
       assert np.isfinite(m[k]), k
   assert m["reward_mean"] <= -2.0  # a random model writes no valid formula: -3 or -2
+  assert m["reward_mean_sampled"] == m["reward_mean"]  # no group dropped without dynamic sampling
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), p0, jax.device_get(state.params))
   assert any(jax.tree.leaves(changed)) or all(mm["grad_norm"] == 0 for mm in metrics)
 
@@ -85,3 +86,4 @@ def test_dynamic_sampling_keeps_informative_groups_first():
   m = jax.device_get(m)
   assert 1 <= m["gen_rounds"] <= 3
   assert 0 <= m["frac_groups_filled"] <= 1
+  assert -3.0 <= m["reward_mean_sampled"] <= -2.0  # the first round, unfiltered

@@ -33,7 +33,7 @@ def get_config(arg=None):
   rl = dict(group_size=4 if q else 8, prompts_per_step=4 if q else 8, max_new_tokens=48,
             temperature=1.0, aggregation="token_mean", epsilon_high=0.28,
             advantage="group_std")
-  rl_optim = dict(learning_rate=5e-5 if q else 1e-4, warmup_steps=0, schedule="constant")
+  rl_optim = dict(learning_rate=5e-5, warmup_steps=0, schedule="constant")
   # Train-time eval is a light check; the study's own evaluation is the record.
   ev = dict(every=0, num_problems=8 if q else 16, max_new_tokens=48,
             gen_loss_examples=16 if q else 128)
@@ -43,12 +43,12 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Packing (about two examples per 256-token row) halves the padding.
-  c.base = _stage("sft", "arith", 30 if q else 400, model=model, batch_size=16,
+  c.base = _stage("sft", "arith", 30 if q else 500, model=model, batch_size=16,
                   seq_len=192 if q else 256, pack=not q, log_every=10 if q else 50,
                   optim=dict(learning_rate=3e-3, warmup_steps=10 if q else 30),
-                  snapshot=dict(every=30 if q else 200), eval=dict(ev, splits=()),
+                  snapshot=dict(every=30 if q else 250), eval=dict(ev, splits=()),
                   num_train_examples=512 if q else 40000, **canonical)
-  c.sft = _stage("sft", "gp24", 40 if q else 300, model=model, batch_size=16,
+  c.sft = _stage("sft", "gp24", 40 if q else 250, model=model, batch_size=16,
                  seq_len=192 if q else 256, pack=not q, log_every=10 if q else 25,
                  optim=dict(learning_rate=3e-3, warmup_steps=5 if q else 20),
                  snapshot=dict(every=10 if q else 50), eval=dict(ev),
@@ -58,22 +58,22 @@ def get_config(arg=None):
                   eval=dict(ev))
   # Completions that end with `Confidence: q` need a longer budget. RLCR's
   # advantage is mean-only (scale_rewards=False in the RLCR code, papers.md 5).
-  c.rlcr = _stage("grpo", "gp24", 4 if q else 40, model=model, log_every=2 if q else 10,
-                  optim=dict(rl_optim), snapshot=dict(every=2 if q else 20),
+  c.rlcr = _stage("grpo", "gp24", 4 if q else 30, model=model, log_every=2 if q else 10,
+                  optim=dict(rl_optim), snapshot=dict(every=2 if q else 15),
                   rl=dict(rl, reward="rlcr", max_new_tokens=72, advantage="mean_only"),
                   eval=dict(ev, max_new_tokens=72))
-  c.srl = _stage("srl", "gp24", 4 if q else 20, model=model, log_every=2 if q else 10,
+  c.srl = _stage("srl", "gp24", 4 if q else 15, model=model, log_every=2 if q else 10,
                  optim=dict(rl_optim), snapshot=dict(every=2 if q else 10),
                  rl=dict(rl, dynamic_sampling=False, dynamic_eps=0.01), eval=dict(ev))
   # RLVR after SRL (and alone) in the SRL stage: the GRPO stage's settings.
-  c.srl_rlvr_steps = 4 if q else 20
+  c.srl_rlvr_steps = 4 if q else 15
   # Which SFT snapshots RL starts from: "first", "ood_peak", "last" (and any
   # explicit steps).
   c.rl_starts = ("first", "ood_peak", "mid", "last")  # >= 3 points for the Spearman table
   # The calibration stage first SFTs the `Confidence: q` line with q drawn
   # uniformly from 0.0..1.0 (no information about correctness), so that both
   # rewards start from the same uncalibrated prior that sampling can explore.
-  c.conf_sft_steps = 10 if q else 60
+  c.conf_sft_steps = 10 if q else 40
   c.conf_prior = "uniform"
   c.eval_samples = 4 if q else 16   # n for pass@k of SFT snapshots (pass@large-k)
   c.eval_k = (1, 4) if q else (1, 4, 16)

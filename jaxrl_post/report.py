@@ -121,7 +121,26 @@ def _spectral_figure(pairs: dict, path):
   plt.close(fig)
 
 
-def findings(st: dict) -> list[tuple[str, bool | None, str]]:
+WEAK = "weak"  # a finding whose direction holds but within sampling noise
+
+
+def beyond_noise(a: float, b: float, n: int, z: float = 2.0) -> bool:
+  """True iff accuracies a and b, each measured on n problems, differ by more
+  than z standard errors of a difference of two proportions (pooled p):
+  |a - b| > z sqrt(2 p (1 - p) / n). A 1-in-48 change is never beyond noise."""
+  p = (a + b) / 2
+  se = np.sqrt(max(2 * p * (1 - p) / max(n, 1), 1e-12))
+  return abs(a - b) > z * se
+
+
+def _verdict(holds: bool, a: float, b: float, n: int):
+  """True / False, or WEAK when the claimed direction holds within noise."""
+  if not holds:
+    return False
+  return True if beyond_noise(a, b, n) else WEAK
+
+
+def findings(st: dict) -> list[tuple[str, bool | str | None, str]]:
   """(claim, reproduced?, evidence) computed from the stage results.
 
   "OOD skill" is greedy accuracy on OOD-rule hands the base saw in
@@ -137,7 +156,9 @@ def findings(st: dict) -> list[tuple[str, bool | None, str]]:
   end = rows[-1]
   ref = base if base is not None else best
   out.append(("SFT erodes OOD skill (OOD accuracy falls while ID rises)",
-              end[f"acc/{OOD}"] < ref[f"acc/{OOD}"] and end["acc/id_seen"] > ref["acc/id_seen"],
+              _verdict(end[f"acc/{OOD}"] < ref[f"acc/{OOD}"] and
+                       end["acc/id_seen"] > ref["acc/id_seen"],
+                       end[f"acc/{OOD}"], ref[f"acc/{OOD}"], n),
               f"{LABEL[OOD]} {ref[f'acc/{OOD}']:.3f} ({ref['label']}) -> {end[f'acc/{OOD}']:.3f} "
               f"({end['label']}); ID seen {ref['acc/id_seen']:.3f} -> {end['acc/id_seen']:.3f}; "
               f"SFT's own OOD peak {best[f'acc/{OOD}']:.3f} at {best['label']} ({n} problems)"))
@@ -145,15 +166,18 @@ def findings(st: dict) -> list[tuple[str, bool | None, str]]:
   from_end = [r for r in rl if r["start_step"] == end["step"]]
   if from_end:
     r = from_end[0]
-    out.append(("RL restores part of the OOD skill SFT lost", r[f"acc/{OOD}"] > end[f"acc/{OOD}"],
+    out.append(("RL restores part of the OOD skill SFT lost",
+                _verdict(r[f"acc/{OOD}"] > end[f"acc/{OOD}"], r[f"acc/{OOD}"], end[f"acc/{OOD}"], n),
                 f"{LABEL[OOD]} {end[f'acc/{OOD}']:.3f} (SFT end) -> {r[f'acc/{OOD}']:.3f} after GRPO "
                 f"(ID seen {end['acc/id_seen']:.3f} -> {r['acc/id_seen']:.3f})"))
   by_step = {r["step"]: r for r in rows}
-  gains = [(r["acc/id_seen"] - by_step[r["start_step"]]["acc/id_seen"]) for r in rl
-           if r["start_step"] in by_step]
+  pairs_acc = [(r["acc/id_seen"], by_step[r["start_step"]]["acc/id_seen"]) for r in rl
+               if r["start_step"] in by_step]
+  gains = [after - before for after, before in pairs_acc]
   if gains:
+    after, before = np.mean(pairs_acc, axis=0)  # pooled over starts: n problems each
     out.append(("GRPO raises the accuracy on the problems it trains on (ID seen)",
-                float(np.mean(gains)) > 0,
+                _verdict(float(np.mean(gains)) > 0, after, before, n * len(gains)),
                 "ID seen change per start: " + ", ".join(f"{g:+.3f}" for g in gains)))
   pairs = st["spectral"]["pairs"]
   rl_pairs = [p for n_, p in pairs.items() if n_.startswith("grpo_from_")]
@@ -203,11 +227,18 @@ def findings(st: dict) -> list[tuple[str, bool | None, str]]:
                   f"{cal['rlcr'][f'accuracy/{split}']:.3f}"))
   for origin, res in st["srl"].items():
     out.append((f"SRL -> RLVR beats RLVR alone when started from {origin}",
-                res["srl_rlvr"]["acc/id_seen"] > res["rlvr"]["acc/id_seen"],
+                _verdict(res["srl_rlvr"]["acc/id_seen"] > res["rlvr"]["acc/id_seen"],
+                         res["srl_rlvr"]["acc/id_seen"], res["rlvr"]["acc/id_seen"], n),
                 f"ID seen {res['rlvr']['acc/id_seen']:.3f} (RLVR) vs "
                 f"{res['srl_rlvr']['acc/id_seen']:.3f} (SRL -> RLVR); held-out "
                 f"{res['rlvr']['acc/id_heldout']:.3f} vs {res['srl_rlvr']['acc/id_heldout']:.3f}"))
   return out
+
+
+def _verdict_text(ok) -> str:
+  if ok == WEAK:
+    return "weak (within noise)"
+  return "yes" if ok else ("no" if ok is not None else "n/a")
 
 
 def write_report(study) -> dict:
@@ -300,7 +331,9 @@ def write_report(study) -> dict:
         "", "![restoration](figures/restoration.png)", "",
         "## 7. What reproduced", "",
         _table(["finding (papers)", "reproduced here?", "evidence"],
-               [[c, "yes" if ok else ("no" if ok is not None else "n/a"), ev] for c, ok, ev in facts]),
+               [[c, _verdict_text(ok), ev] for c, ok, ev in facts]),
+        "", "'weak': the claimed direction holds but the accuracy difference is within two "
+        "standard errors of a difference of proportions on that many problems (noise).",
         "", "Tiny models, few problems and short runs: treat every 'yes' and 'no' as a "
         "property of this run, not a verdict on the papers.", ""]
   with open(os.path.join(w, "report.md"), "w") as f:

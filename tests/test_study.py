@@ -1,6 +1,7 @@
 """The quick study end to end: report structure, numbers traceable to the run."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -41,3 +42,15 @@ def test_quick_study_report(tmp_path):
                       text=True, timeout=300)
   assert p2.returncode == 0
   assert (p2.stderr + p2.stdout).count("done earlier, skipped") == 8
+
+
+def test_beyond_noise_is_a_two_proportion_z_test():
+  from jaxrl_post import report
+  assert not report.beyond_noise(1 / 48, 0.0, 48)  # one problem in 48 is noise
+  assert report.beyond_noise(0.5, 0.2, 48)
+  for a, b, n in [(0.3, 0.52, 192), (0.42, 0.46, 48), (0.1, 0.0, 100)]:
+    p = (a + b) / 2
+    assert report.beyond_noise(a, b, n) == (abs(a - b) / math.sqrt(2 * p * (1 - p) / n) > 2)
+  assert report._verdict(True, 0.0, 1 / 48, 48) == report.WEAK
+  assert report._verdict(False, 0.5, 0.2, 48) is False
+  assert report._verdict(True, 0.5, 0.2, 48) is True

@@ -216,23 +216,10 @@ def _dense(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
 
 
 def _project_qkv(p, h, cfg: ModelConfig, cos, sin):
-  """h: [B, T, D] -> q [B, T, H, Dh], k/v [B, T, KV, Dh] with RoPE on q, k.
-
-  One matmul against [q | k | v] (concatenated per call: the weights are
-  small next to the activations; one wide matmul runs faster on XLA:CPU than
-  three narrow ones, and its backward is one weight gradient instead of three).
-  """
-  d = h.shape[-1]
-  sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim,
-           cfg.num_kv_heads * cfg.head_dim]
-  w = jnp.concatenate([p["q"].reshape(d, -1), p["k"].reshape(d, -1),
-                       p["v"].reshape(d, -1)], axis=1)
-  qkv = _dense(h, w)
-  q, k, v = jnp.split(qkv, [sizes[0], sizes[0] + sizes[1]], axis=-1)
-  b, t = h.shape[:2]
-  q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
-  k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-  v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+  """h: [B, T, D] -> q [B, T, H, Dh], k/v [B, T, KV, Dh] with RoPE on q, k."""
+  q = _dense(h, p["q"])
+  k = _dense(h, p["k"])
+  v = _dense(h, p["v"])
   if cfg.qkv_bias:
     q = q + p["q_bias"].astype(h.dtype)
     k = k + p["k_bias"].astype(h.dtype)
@@ -285,13 +272,8 @@ def _attend_causal(q, k, v, mask, cfg: ModelConfig, chunk: int = _CAUSAL_CHUNK):
 
 
 def _mlp(p, h):
-  """SwiGLU: down(silu(h gate) * (h up)); h [B, T, D] -> [B, T, D].
-
-  gate and up run as one matmul against [gate | up] (see `_project_qkv`).
-  """
-  f = p["gate"].shape[-1]
-  gu = _dense(h, jnp.concatenate([p["gate"], p["up"]], axis=-1))
-  return _dense(jax.nn.silu(gu[..., :f]) * gu[..., f:], p["down"])
+  """SwiGLU: down(silu(h gate) * (h up)); h [B, T, D] -> [B, T, D]."""
+  return _dense(jax.nn.silu(_dense(h, p["gate"])) * _dense(h, p["up"]), p["down"])
 
 
 def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn, causal: bool = False):

@@ -6,7 +6,7 @@
   python -m launch.train --config=configs/gp24_sft.py:quick --workdir=/tmp/q   # ~1 min
 
 The default is sized for ten minutes of a 2-core CPU: the 0.8M-parameter
-`mini` model, character tokens, two examples packed per 256-token row, and
+`mini` model, character tokens, three examples packed per 256-token row, and
 one canonical expert solution per value multiset (`expert_all_solutions=False`:
 SFT memorises one answer per hand, as the "SFT memorizes" setting has it;
 with every solution as a target the same budget reaches a far lower accuracy).

@@ -42,7 +42,7 @@ def get_config(arg=None):
   canonical = dict(expert_all_solutions=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # Packing (about two examples per 256-token row) halves the padding.
+  # Packing (three gp24 examples, more arith ones, per 256-token row) cuts the padding.
   c.base = _stage("sft", "arith", 30 if q else 500, model=model, batch_size=16,
                   seq_len=192 if q else 256, pack=not q, log_every=10 if q else 50,
                   optim=dict(learning_rate=3e-3, warmup_steps=10 if q else 30),

@@ -63,9 +63,10 @@ def main(argv):
   with open(cfg_path) as f:
     run_cfg = json.load(f)
   if _TASK.value and _TASK.value != run_cfg.get("task"):
-    if _TASK.value not in tasks.TASKS:
-      raise app.UsageError(f"--task={_TASK.value!r}: unknown; known: {sorted(tasks.TASKS)}")
-    task = tasks.get_task(_TASK.value)
+    try:
+      task = tasks.get_task(_TASK.value)  # the run's task options belong to its own task
+    except ValueError as e:
+      raise app.UsageError(f"--task={_TASK.value!r}: {e}") from e
   else:
     task = tasks.get_task(run_cfg.get("task", "gp24"), **(run_cfg.get("task_options") or {}))
   splits = expand_splits(_SPLIT.value, task.splits)

@@ -99,8 +99,7 @@ def prompt_text(cards: Sequence[int], rule: str, confidence: bool = False) -> st
   """`Cards: K 8 10 7. J Q K are 10. Make 24.` (+ ` State confidence.`).
 
   Short on purpose: the prompt is masked out of the SFT loss but paid for in
-  every forward pass, and at the old 74 characters it was 64% of an example's
-  tokens. It still states the rule in words and the task (each card once).
+  every forward pass. It still states the rule in words and the task.
   """
   hand = " ".join(rank_name(r) for r in cards)
   tail = " State confidence." if confidence else ""

@@ -295,17 +295,30 @@ def write_report(study) -> dict:
         "With so few points this is weak evidence.", "",
         _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
         "", "## 4. Calibration: binary reward vs RLCR", "",
-        f"From the last SFT snapshot (step {cal['start_step']}): a short SFT on targets that end "
-        f"with `Confidence: q` ({_PRIOR_TEXT[study.c.conf_prior]}, row `sft_conf`), then "
-        f"{study.c.rlcr.num_steps} GRPO steps with the binary reward or the RLCR reward "
-        "`correct - (q - correct)^2`, everything else equal. "
-        f"{study.c.eval_samples} samples per problem at T=1, {n_prob} problems; ECE with 10 "
-        "equal-width bins.", "",
+        f"From the last SFT snapshot (step {cal['start_step']}), "
+        + (f"after a short SFT on targets that end with `Confidence: q` "
+           f"({_PRIOR_TEXT[study.c.conf_prior]}; row `sft_conf`)"
+           if int(study.c.conf_sft_steps) > 0 else
+           f"whose SFT data ended a fraction "
+           f"{study.c.sft.task_options.get('confidence_fraction', 0)} of the targets with "
+           f"`Confidence: q` ({_PRIOR_TEXT[study.c.conf_prior]}; row `sft_conf`)")
+        + f": {study.c.rlcr.num_steps} GRPO steps with the binary reward or the RLCR reward "
+        "`correct - (q - correct)^2`, everything else equal, on the prompt that asks for a "
+        f"confidence. {cal.get('n_samples', study.c.eval_samples)} samples per problem at T=1, "
+        f"{n_prob} problems; ECE with 10 equal-width bins.", "",
         _table(["model", *[f"{k} {LABEL[s_]}" for k, s_ in cal_cols], "confidence stated ID seen"],
                [[name, *[cal[name].get(f"{k}/{s_}") for k, s_ in cal_cols],
                  cal[name].get("confidence_format_rate/id_seen")]
                 for name in ("sft_conf", "binary", "rlcr")]),
         "", "## 5. SRL and SRL -> RLVR", "",
+        f"{study.c.srl.num_steps} SRL steps, then {study.c.srl_rlvr_steps} RLVR (GRPO) steps; "
+        f"RLVR alone runs {study.c.srl_rlvr_steps} GRPO steps from the same start"
+        + "".join(f" (from {origin}: the rl stage's run from that snapshot, at its step "
+                  f"{res['rlvr']['step']}, the same computation)"
+                  for origin, res in st["srl"].items()
+                  if os.path.basename(res["rlvr"]["workdir"]).startswith("grpo_from_"))
+        + f". Greedy, {n_prob} problems per split. A zero-std fraction of 1 means every group "
+        "got the same reward: the reward was silent and the run could not move.", "",
         _table(["start", "run", "ID seen", "ID held-out", "reward std (first -> last)",
                 "frac zero-std groups (first -> last)"],
                [[origin, name, res[name]["acc/id_seen"], res[name]["acc/id_heldout"],

@@ -41,7 +41,7 @@ from jaxrl_post.trainers import run_trainer
 # can erode. `ood` holds OOD multisets no stage ever trains on.
 SPLITS = ("id_seen", "id_heldout", "ood_train", "ood")
 OOD_SKILL = "ood_train"   # the OOD measure the erosion / restoration findings use
-SAMPLED = ("id_seen", "id_heldout", "ood_train")  # pass@k splits of the SFT snapshots
+SAMPLED = ("id_seen", "ood_train")  # pass@k splits of the SFT snapshots
 CALIB_SPLITS = ("id_seen", "id_heldout")   # ECE / Brier of the calibration stage
 RESTORE_SPLITS = ("id_seen", "ood_train", "ood")
 
@@ -103,18 +103,30 @@ class Study:
 
   def evaluate(self, workdir: str, step: int | None, *, num_samples: int = 1,
                ks=(1,), splits=SPLITS, task=None, max_new: int | None = None) -> dict:
-    """Accuracy (and pass@k when num_samples > 1) of one snapshot."""
+    """Accuracy (and pass@k when num_samples > 1) of one snapshot.
+
+    Every split's prompts go through the rollout kernel together (one padded
+    batch tail for all of them, not one per split), then each split is scored
+    on its own.
+    """
     cfg, tok, params, got = loading.load_workdir(workdir, step)
     task = task or self.task
     max_new = max_new or int(self.c.sft.eval.max_new_tokens)
     ec = evaluation.EvalConfig(num_samples=num_samples,
                                temperature=0.0 if num_samples == 1 else 1.0,
                                max_new_tokens=max_new, rows=64, ks=tuple(ks))
+    per_split = {split: task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
+                 for split in splits}
+    prompts = [e.prompt for split in splits for e in per_split[split]]
+    texts = evaluation.sample_texts(self.sampler(cfg, tok, max_new), params, tok, prompts, ec,
+                                    seed=self.c.seed)
     out = {"step": got}
+    start = 0
     for split in splits:
-      examples = task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
-      res = evaluation.evaluate_split(self.sampler(cfg, tok, max_new), params, tok,
-                                      examples, task.verify, ec, seed=self.c.seed)
+      examples = per_split[split]
+      res = evaluation.score_split(examples, texts[start:start + len(examples)], task.verify,
+                                   ec.ks)
+      start += len(examples)
       if num_samples == 1:  # per-problem counts matter for pass@k only
         res.pop("per_problem", None)
       out[split] = res
@@ -192,30 +204,39 @@ class Study:
     start = sft["steps"][-1]
     task = tasks_lib.get_task("gp24", confidence=True, all_solutions=self.all_solutions)
     out = {"start_step": start}
-    # The SFT model never states a confidence: a short SFT on targets ending in
-    # `Confidence: q` (q per `conf_prior`) teaches the format first.
     conf_opts = {"confidence": True, "confidence_prior": str(self.c.conf_prior)}
-    conf_cfg = copy.deepcopy(self.c.sft)
-    conf_cfg.task_options = dict(conf_opts)
-    conf_cfg.num_steps = int(self.c.conf_sft_steps)
-    conf_w = self.train("sft_conf", conf_cfg, init_from=f"{sft['workdir']}:{start}")
+    origin = f"{sft['workdir']}:{start}"
+    if int(self.c.conf_sft_steps) > 0:
+      # An SFT that never showed the confidence prompt: a short SFT on targets
+      # ending in `Confidence: q` (q per `conf_prior`) teaches the format first.
+      conf_cfg = copy.deepcopy(self.c.sft)
+      conf_cfg.task_options = dict(conf_opts)
+      conf_cfg.num_steps = int(self.c.conf_sft_steps)
+      origin = self.train("sft_conf", conf_cfg, init_from=origin)
+    elif not self.c.sft.get("task_options", {}).get("confidence_fraction", 0):
+      raise ValueError("the calibration stage needs an SFT that taught the confidence format: "
+                       "set sft.task_options.confidence_fraction > 0 or conf_sft_steps > 0")
     # Outputs with a confidence line are longer: the stage has its own budget.
     budget = int(self.c.rlcr.eval.max_new_tokens)
-    before = self.evaluate(conf_w, None, num_samples=int(self.c.eval_samples), ks=(1,),
-                           splits=CALIB_SPLITS, task=task, max_new=budget)
-    out["sft_conf"] = {"workdir": conf_w, **{f"{k}/{s}": before[s][k] for s in CALIB_SPLITS
-                                             for k in ("accuracy", "ece", "brier",
-                                                       "confidence_format_rate")}}
+    n = int(self.c.get("calib_samples", self.c.eval_samples))
+
+    def calibration(workdir, step=None):
+      ev = self.evaluate(workdir, step, num_samples=n, ks=(1,), splits=CALIB_SPLITS, task=task,
+                         max_new=budget)
+      return {"workdir": workdir, "step": ev["step"],
+              **{f"{k}/{s}": ev[s][k] for s in CALIB_SPLITS
+                 for k in ("accuracy", "ece", "brier", "confidence_format_rate")}}
+
+    # The row `sft_conf`: the policy both RL runs start from.
+    out["sft_conf"] = (calibration(origin) if int(self.c.conf_sft_steps) > 0
+                       else calibration(sft["workdir"], start))
+    out["n_samples"] = n
     for name in ("binary", "rlcr"):  # the same run but for the reward
       cfg = copy.deepcopy(self.c.rlcr)
       cfg.rl.reward = name
       cfg.task_options = dict(conf_opts)
-      w = self.train(f"calib_{name}", cfg, init_from=conf_w)
-      ev = self.evaluate(w, None, num_samples=int(self.c.eval_samples), ks=(1,),
-                         splits=CALIB_SPLITS, task=task, max_new=budget)
-      out[name] = {"workdir": w, **{f"{k}/{s}": ev[s][k] for s in CALIB_SPLITS
-                                    for k in ("accuracy", "ece", "brier",
-                                              "confidence_format_rate")}}
+      w = self.train(f"calib_{name}", cfg, init_from=origin)
+      out[name] = calibration(w)
     return out
 
   def stage_srl(self) -> dict:
@@ -228,18 +249,41 @@ class Study:
       steps = int(self.c.srl_rlvr_steps)
       rlvr_w = self.train(f"srl_rlvr_from_{origin}", self.c.grpo, init_from=srl_w,
                           num_steps=steps)
-      alone_w = self.train(f"rlvr_from_{origin}", self.c.grpo, init_from=spec,
-                           num_steps=steps)
+      # RLVR alone from an SFT snapshot the rl stage already trained from is
+      # that run's own snapshot at `steps` (see _rl_snapshot); else a run.
+      alone = self._rl_snapshot(spec, steps)
+      alone_w, alone_step = alone or (self.train(f"rlvr_from_{origin}", self.c.grpo,
+                                                 init_from=spec, num_steps=steps), None)
       res = {}
-      for name, w in (("srl", srl_w), ("srl_rlvr", rlvr_w), ("rlvr", alone_w)):
-        ev = self.evaluate(w, None, splits=("id_seen", "id_heldout"))
-        res[name] = {"workdir": w, "acc/id_seen": ev["id_seen"]["accuracy"],
+      for name, w, step in (("srl", srl_w, None), ("srl_rlvr", rlvr_w, None),
+                            ("rlvr", alone_w, alone_step)):
+        ev = self.evaluate(w, step, splits=("id_seen", "id_heldout"))
+        res[name] = {"workdir": w, "step": ev["step"], "acc/id_seen": ev["id_seen"]["accuracy"],
                      "acc/id_heldout": ev["id_heldout"]["accuracy"],
-                     "metrics": _first_last_metrics(w)}
+                     "metrics": _first_last_metrics(w, upto=ev["step"])}
       out[origin] = res
       self.log(f"  from {origin}: RLVR alone {res['rlvr']['acc/id_heldout']:.2f}, "
                f"SRL->RLVR {res['srl_rlvr']['acc/id_heldout']:.2f} (ID heldout)")
     return out
+
+  def _rl_snapshot(self, spec: str, steps: int) -> tuple[str, int] | None:
+    """(workdir, steps) of the rl stage's GRPO run from `spec` when its
+    snapshot at `steps` is exactly a `steps`-step run of the same config.
+
+    It is when the learning rate does not depend on the run's length (a
+    constant schedule): prompts and sampling keys are pure in (seed, step),
+    so the first `steps` steps of a longer run are the same computation.
+    Observed: a 15-step `rlvr_from_sft_first` logged the same losses at steps
+    10 and 15 (0.002398, 0.0009153) as the 30-step `grpo_from_50` it repeats.
+    """
+    if str(self.c.grpo.optim.schedule) != "constant":
+      return None
+    sft = self.stage_result("sft")
+    for run in self.stage_result("rl")["runs"]:
+      if f"{sft['workdir']}:{run['start_step']}" == spec:
+        if steps in ckpt_lib.list_steps(os.path.join(run["workdir"], "checkpoints")):
+          return run["workdir"], steps
+    return None
 
   def stage_spectral(self) -> dict:
     from jaxrl_post.analysis import restore as restore_lib
@@ -327,8 +371,10 @@ def _last_metrics(workdir: str) -> dict:
   return rows[-1] if rows else {}
 
 
-def _first_last_metrics(workdir: str) -> dict:
-  rows = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "reward_mean" in r]
+def _first_last_metrics(workdir: str, upto: int | None = None) -> dict:
+  """Reward metrics of the first and last logged RL steps (up to step `upto`)."""
+  rows = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "reward_mean" in r and (upto is None or r.get("step", 0) <= upto)]
   if not rows:
     return {}
   keys = ("reward_mean", "reward_std", "frac_reward_zero_std")

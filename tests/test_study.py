@@ -36,6 +36,18 @@ def test_quick_study_report(tmp_path):
   losses = [r["gen_loss"] for r in rows if r["label"] != "base"]
   assert losses[-1] < losses[0]
   assert report["findings"] and all("evidence" in f for f in report["findings"])
+  # RLVR alone from the first SFT snapshot is the rl stage's run at that step.
+  srl = json.load(open(os.path.join(w, "stages", "srl.json")))
+  alone = srl["sft_first"]["rlvr"]
+  assert os.path.basename(alone["workdir"]).startswith("grpo_from_") and alone["step"] == 2
+  assert not os.path.exists(os.path.join(w, "runs", "rlvr_from_sft_first"))
+  assert os.path.exists(os.path.join(w, "runs", "rlvr_from_base"))
+  # The calibration stage starts from the SFT snapshot itself (the SFT data
+  # mixed in the confidence format), and says so.
+  cal = json.load(open(os.path.join(w, "stages", "rlcr.json")))
+  assert cal["sft_conf"]["step"] == cal["start_step"]
+  assert not os.path.exists(os.path.join(w, "runs", "sft_conf"))
+  assert "whose SFT data ended a fraction 0.25 of the targets" in md
   # A rerun skips every finished stage.
   p2 = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={w}",
                        "--config=configs/study.py:quick"], cwd=ROOT, env=env, capture_output=True,

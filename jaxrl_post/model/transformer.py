@@ -300,6 +300,14 @@ def _self_mask(segment_ids: jax.Array) -> jax.Array:
   return causal[None] & same & (segment_ids[:, None, :] != 0)
 
 
+def _unroll(cfg: ModelConfig) -> int:
+  """Layer-scan unroll of the training forward: shallow models are unrolled,
+  since XLA:CPU otherwise zero-fills and dynamic-slices stacked per-layer
+  residual buffers for the backward (measured, mini preset train step: -7% at
+  16 x 256, -15% at 64 x 64)."""
+  return cfg.num_layers if cfg.num_layers <= _UNROLL_MAX_LAYERS else 1
+
+
 def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
   """Final norm and output head: x [B, T, D] -> float32 logits [B, T, V]."""
   x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
@@ -310,7 +318,7 @@ def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
             positions: jax.Array, *, segment_ids: jax.Array | None = None,
             cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-            return_hidden: bool = False):
+            return_hidden: bool = False, compute_logits: bool = True):
   """Runs the decoder over `tokens`.
 
   Args:
@@ -327,6 +335,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
       before their own.
     cache_index: int32 scalar slot of tokens[:, 0] in the cache.
     return_hidden: also return the final hidden states [B, T, D] (pre-norm).
+    compute_logits: False skips the output head (logits None), for callers
+      that unembed only some positions.
 
   Returns:
     (logits float32[B, T, V], cache) or, with return_hidden,
@@ -350,11 +360,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
       x, _ = _block(p, x, cfg, cos, sin, self_kv, causal=True)
       return x, None
 
-    # Shallow models are unrolled: XLA:CPU otherwise zero-fills and
-    # dynamic-slices stacked per-layer residual buffers for the backward
-    # (measured, mini preset train step: -7% at 16 x 256, -15% at 64 x 64).
-    unroll = cfg.num_layers if cfg.num_layers <= _UNROLL_MAX_LAYERS else 1
-    x, _ = jax.lax.scan(body, x, layers, unroll=unroll)
+    x, _ = jax.lax.scan(body, x, layers, unroll=_unroll(cfg))
     new_cache = None
   else:
     idx = jnp.asarray(cache_index, jnp.int32)
@@ -381,10 +387,62 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
         body, (x, cache.k, cache.v, jnp.int32(0)), layers)
     new_cache = KVCache(k=ck, v=cv, valid=valid)
 
-  logits = unembed(params, cfg, x)
+  logits = unembed(params, cfg, x) if compute_logits else None
   if return_hidden:
     return logits, new_cache, x
   return logits, new_cache
+
+
+def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
+                          prefix_positions: jax.Array, prefix_segments: jax.Array,
+                          suffix: jax.Array, suffix_positions: jax.Array,
+                          suffix_segments: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Teacher-forced decoder over G suffixes per prefix, each prefix run once.
+
+  The same numbers (values and gradients) as `forward` without a cache on the
+  rows [prefix_i ; suffix_r] for r = i*G .. i*G + G - 1, at G times less
+  prefix work: a GRPO group shares its prompt. Suffix queries attend to the
+  prefix keys (no causal constraint across the boundary, same-segment and
+  non-padding as in `_self_mask`) and causally to their own.
+
+  prefix, prefix_positions, prefix_segments: int32[Pb, P] (0 = padding).
+  suffix, suffix_positions, suffix_segments: int32[Pb*G, N]; row r continues
+    prefix r // G.
+  Returns the final hidden states (pre-norm; `unembed` gives logits):
+    (prefix float[Pb, P, D], suffix float[Pb*G, N, D]).
+  """
+  dt = _dtype(cfg.dtype)
+  pb, n_pre = prefix.shape
+  g = suffix.shape[0] // pb
+  if suffix.shape[0] != pb * g:
+    raise ValueError(f"suffix rows {suffix.shape[0]} are not a multiple of prefix rows {pb}")
+  embed = params["embed"].astype(dt)
+  xp, xs = embed[prefix], embed[suffix]
+  cos_p, sin_p = rope_tables(cfg, prefix_positions)
+  cos_s, sin_s = rope_tables(cfg, suffix_positions)
+  pre_mask = _self_mask(prefix_segments)
+  seg_rep = jnp.repeat(prefix_segments, g, axis=0)  # [Pb*G, P]
+  cross = ((suffix_segments[:, :, None] == seg_rep[:, None, :]) &
+           (seg_rep[:, None, :] != 0))  # [Pb*G, N, P]
+  suf_mask = jnp.concatenate([cross, _self_mask(suffix_segments)], axis=2)  # [., N, P+N]
+  def prefix_kv(k, v):  # the prefix layer's keys/values come out as aux
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
+    return k, v, pre_mask, (k, v)
+
+  def body(carry, p):
+    xp, xs = carry
+    xp, (kp, vp) = _block(p, xp, cfg, cos_p, sin_p, prefix_kv, causal=True)
+
+    def suffix_kv(k, v):  # each suffix row sees its prefix's keys, then its own
+      keys = jnp.concatenate([jnp.repeat(kp, g, axis=0), k.transpose(0, 2, 1, 3)], axis=2)
+      vals = jnp.concatenate([jnp.repeat(vp, g, axis=0), v.transpose(0, 2, 3, 1)], axis=3)
+      return keys, vals, suf_mask, None
+
+    xs, _ = _block(p, xs, cfg, cos_s, sin_s, suffix_kv)
+    return (xp, xs), None
+
+  (xp, xs), _ = jax.lax.scan(body, (xp, xs), params["layers"], unroll=_unroll(cfg))
+  return xp, xs
 
 
 # --------------------------------------------------------------------------

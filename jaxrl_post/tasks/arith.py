@@ -8,6 +8,10 @@ Mixture (fractions of the examples):
   20%  single operations on values 1..13 (`Compute 7*8.` -> `7*8=56`);
   20%  three-number reductions to a target, half in the SRL step format
        (`<think>...</think>` then the step), so a base knows that format.
+`hand_fraction` (0.45) and `ood_hand_share` (0.5, the OOD part of the hands)
+change the first line; the other three keep their 15 : 20 : 20 proportions.
+A larger OOD share gives a base more OOD skill per pretraining step, which is
+what an SFT -> RL study on a CPU budget needs (configs/study.py).
 """
 
 from __future__ import annotations
@@ -66,17 +70,24 @@ class ArithTask:
   splits = SPLITS
   generator_version = gp24.Gp24Task.generator_version  # it embeds gp24 hands
 
-  def __init__(self, all_solutions: bool = True):
+  def __init__(self, all_solutions: bool = True, hand_fraction: float = 0.45,
+               ood_hand_share: float = 0.5):
+    if not 0.0 <= hand_fraction <= 1.0:
+      raise ValueError(f"hand_fraction must be in [0, 1], got {hand_fraction}")
+    if not 0.0 <= ood_hand_share <= 1.0:
+      raise ValueError(f"ood_hand_share must be in [0, 1], got {ood_hand_share}")
     self.gp24 = gp24.Gp24Task(all_solutions=all_solutions)
+    self.hand_fraction = float(hand_fraction)
+    self.ood_hand_share = float(ood_hand_share)
 
   def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
     if split not in SPLITS:
       raise ValueError(f"arith has no split {split!r}; known: {SPLITS}")
     rng = np.random.default_rng((seed, 5, SPLITS.index(split)))
-    n_hands = int(0.45 * n)
-    hands = (self.gp24.examples("id_seen", n_hands // 2, seed=seed * 2 + SPLITS.index(split)) +
-             self.gp24.examples("ood_train", n_hands - n_hands // 2,
-                                seed=seed * 2 + SPLITS.index(split)))
+    n_hands = int(self.hand_fraction * n)
+    n_id = int((1.0 - self.ood_hand_share) * n_hands)  # n_hands // 2 at the default
+    hands = (self.gp24.examples("id_seen", n_id, seed=seed * 2 + SPLITS.index(split)) +
+             self.gp24.examples("ood_train", n_hands - n_id, seed=seed * 2 + SPLITS.index(split)))
     out = list(hands)
     while len(out) < n:
       u = rng.random()

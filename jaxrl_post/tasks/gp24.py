@@ -16,7 +16,11 @@ Completion format: the expert steps, one operation per line (`5*3=15`), then
 is 1.0 (`confidence_prior="one"`) or drawn uniformly from 0.0, 0.1, ..., 1.0
 (`"uniform"`: an SFT prior that lets RL explore every stated confidence; the
 target carries no information about correctness, so calibration must be
-learned by the reward, as in RLCR, papers.md 5).
+learned by the reward, as in RLCR, papers.md 5). `confidence_fraction=f`
+puts that fraction of the `train` split (each example independently, seeded)
+in the confidence format and leaves the rest and every eval split plain: one
+SFT then teaches both prompts, so a calibration run can start from an SFT
+snapshot that solves the confidence prompt as well as the plain one.
 """
 
 from __future__ import annotations
@@ -148,12 +152,18 @@ class Gp24Task:
   generator_version = "2: short prompt"
 
   def __init__(self, all_solutions: bool = True, confidence: bool = False,
-               confidence_prior: str = "one"):
+               confidence_prior: str = "one", confidence_fraction: float = 0.0):
     if confidence_prior not in CONFIDENCE_PRIORS:
       raise ValueError(f"confidence_prior {confidence_prior!r} not in {CONFIDENCE_PRIORS}")
+    if not 0.0 <= confidence_fraction <= 1.0:
+      raise ValueError(f"confidence_fraction must be in [0, 1], got {confidence_fraction}")
+    if confidence and confidence_fraction:
+      raise ValueError("confidence=True already puts every example in the confidence "
+                       "format; confidence_fraction is for mixing it into plain SFT data")
     self.all_solutions = all_solutions
     self.confidence = confidence
     self.confidence_prior = confidence_prior
+    self.confidence_fraction = float(confidence_fraction)
 
   def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
     """n examples, deterministic given seed. Eval splits cycle through their
@@ -164,18 +174,23 @@ class Gp24Task:
     pool = split_multisets()[pool_name]
     rule = "ood" if pool_name.startswith("ood") else "id"
     rng = np.random.default_rng((seed, SPLITS.index(split)))
+    # Which train examples carry the confidence format: a seeded stream of its own.
+    mix = np.random.default_rng((seed, SPLITS.index(split), 1))
+    fraction = self.confidence_fraction if split == "train" else 0.0
     order = rng.permutation(len(pool))
     out = []
     for i in range(n):
+      confidence = self.confidence or bool(mix.random() < fraction)
       values = pool[order[i % len(pool)]] if split != "train" else pool[int(rng.integers(len(pool)))]
       if rule == "ood":
         ranks = list(values)
         rng.shuffle(ranks)
       else:
         ranks = _ranks_for(values, rule, rng)
-      out.append(make_example(ranks, rule, rng, all_solutions=self.all_solutions,
-                              confidence=self.confidence,
-                              confidence_prior=self.confidence_prior, uid=f"gp24-{split}-{seed}-{i}"))
+      out.append(make_example(ranks, rule, rng,
+                              all_solutions=self.all_solutions, confidence=confidence,
+                              confidence_prior=self.confidence_prior,
+                              uid=f"gp24-{split}-{seed}-{i}"))
     return out
 
   def verify(self, example: Example, text: str) -> bool:

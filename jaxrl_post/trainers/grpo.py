@@ -38,7 +38,7 @@ from jaxrl_post import advantages as adv_lib
 from jaxrl_post import losses
 from jaxrl_post import sampling as S
 from jaxrl_post.hparams import RLHParams
-from jaxrl_post.model import ModelConfig, forward
+from jaxrl_post.model import ModelConfig, forward, forward_shared_prefix, unembed
 from jaxrl_post.tokenizers.base import prompt_ids
 from jaxrl_post.trainers.state import TrainState
 
@@ -62,13 +62,28 @@ def policy_loss_config(hp: RLHParams) -> losses.PolicyLossConfig:
       max_len=hp.max_new_tokens)
 
 
-def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int):
+def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_size: int = 1):
   """Teacher-forced log-probs and entropies of the last n_new tokens.
 
   seq/pos/seg: int32[B, P+N]. Returns (logp f32[B, N], entropy f32[B, N]).
+  group_size G > 1: rows i*G .. i*G + G - 1 share one prompt (a GRPO group),
+  which then runs through the decoder once per group instead of once per row
+  (`forward_shared_prefix`; the same numbers). Logits are computed only where
+  they predict a completion token: the last prompt position and the first
+  N - 1 completion positions.
   """
-  logits, _ = forward(params, cfg, seq[:, :-1], pos[:, :-1], segment_ids=seg[:, :-1])
-  logits = logits[:, -n_new:]
+  p = seq.shape[1] - n_new
+  if group_size > 1:
+    g = group_size
+    h_pre, h_suf = forward_shared_prefix(
+        params, cfg, seq[::g, :p], pos[::g, :p], seg[::g, :p],
+        seq[:, p:-1], pos[:, p:-1], seg[:, p:-1])
+    hidden = jnp.concatenate([jnp.repeat(h_pre[:, -1:], g, axis=0), h_suf], axis=1)
+  else:
+    _, _, hidden = forward(params, cfg, seq[:, :-1], pos[:, :-1], segment_ids=seg[:, :-1],
+                           return_hidden=True, compute_logits=False)
+    hidden = hidden[:, p - 1:]
+  logits = unembed(params, cfg, hidden)
   targets = seq[:, -n_new:]
   return losses.token_log_probs(logits, targets), losses.token_entropy(logits)
 
@@ -188,17 +203,17 @@ def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
       mask = mask * rollout.finished[:, None].astype(jnp.float32)
     if hp.num_iterations > 1:
       old_logp, _ = completion_logp(jax.lax.stop_gradient(state.params), cfg, seq, pos, seg,
-                                    n_new)
+                                    n_new, g)
       old_logp = jax.lax.stop_gradient(old_logp)
     else:  # one update per rollout: the old policy IS the current one (ratio 1)
       old_logp = None
     ref_logp = None
     if hp.beta > 0 and ref_params is not None:
-      ref_logp, _ = completion_logp(ref_params, cfg, seq, pos, seg, n_new)
+      ref_logp, _ = completion_logp(ref_params, cfg, seq, pos, seg, n_new, g)
       ref_logp = jax.lax.stop_gradient(ref_logp)
 
     def loss_fn(params):
-      logp, _ = completion_logp(params, cfg, seq, pos, seg, n_new)
+      logp, _ = completion_logp(params, cfg, seq, pos, seg, n_new, g)
       old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
       return losses.policy_loss(logp, old, advantages, mask, ref_logp=ref_logp, hp=loss_cfg)
 

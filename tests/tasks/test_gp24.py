@@ -195,3 +195,49 @@ def test_expert_all_solutions_reaches_the_task():
   c = gp24_sft.get_config()
   c.expert_all_solutions = True
   assert dict(from_config(c).task_options)["all_solutions"] is True
+
+
+def test_confidence_fraction_mixes_only_the_train_split():
+  f = 0.3
+  task = gp24.Gp24Task(all_solutions=False, confidence_prior="uniform", confidence_fraction=f)
+  train = task.examples("train", 2000, seed=0)
+  conf = [e for e in train if e.prompt.endswith("State confidence.\n")]
+  # Binomial(2000, 0.3): 600 +- 20.5; 5 standard deviations either side.
+  assert abs(len(conf) - f * len(train)) < 5 * (len(train) * f * (1 - f)) ** 0.5
+  for e in train:  # prompt and target agree on the format, and the target still solves
+    has_q = "\nConfidence: " in e.completion
+    assert has_q == e.prompt.endswith("State confidence.\n")
+    assert task.verify(e, e.completion)
+  qs = {e.completion.rsplit("Confidence: ", 1)[1] for e in conf}
+  assert qs == {f"{i / 10:.1f}" for i in range(11)}  # the uniform prior
+  for split in ("id_seen", "id_heldout", "ood"):  # evaluation stays on the plain prompt
+    assert not any("Confidence" in e.completion for e in task.examples(split, 200, seed=0))
+  assert [e.prompt for e in train] == [e.prompt for e in task.examples("train", 2000, seed=0)]
+  plain = gp24.Gp24Task(all_solutions=False).examples("train", 50, seed=0)
+  assert not any("Confidence" in e.completion for e in plain)
+
+
+def test_confidence_fraction_rejects_bad_values():
+  with pytest.raises(ValueError, match="confidence_fraction must be in"):
+    gp24.Gp24Task(confidence_fraction=1.5)
+  with pytest.raises(ValueError, match="already puts every example"):
+    gp24.Gp24Task(confidence=True, confidence_fraction=0.5)
+
+
+@pytest.mark.parametrize("hands,ood_share", [(0.45, 0.5), (0.6, 0.75), (0.2, 0.0)])
+def test_arith_hand_mixture(hands, ood_share):
+  n = 1000
+  ex = arith.ArithTask(all_solutions=False, hand_fraction=hands,
+                       ood_hand_share=ood_share).examples("train", n, seed=3)
+  ood = sum(e.prompt.endswith("J Q K are 11 12 13. Make 24.\n") for e in ex)
+  id_ = sum(e.prompt.endswith("J Q K are 10. Make 24.\n") for e in ex)
+  assert len(ex) == n
+  assert id_ + ood == int(hands * n)
+  assert id_ == int((1 - ood_share) * int(hands * n))
+
+
+def test_arith_hand_mixture_rejects_bad_values():
+  with pytest.raises(ValueError, match="hand_fraction"):
+    arith.ArithTask(hand_fraction=-0.1)
+  with pytest.raises(ValueError, match="ood_hand_share"):
+    arith.ArithTask(ood_hand_share=2.0)

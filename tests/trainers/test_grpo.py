@@ -87,3 +87,42 @@ def test_dynamic_sampling_keeps_informative_groups_first():
   assert 1 <= m["gen_rounds"] <= 3
   assert 0 <= m["frac_groups_filled"] <= 1
   assert -3.0 <= m["reward_mean_sampled"] <= -2.0  # the first round, unfiltered
+
+
+def test_shared_prompt_logp_equals_per_row_logp_and_gradient():
+  """completion_logp with group_size G runs each prompt once
+  (`forward_shared_prefix`); log-probs, entropies and the policy gradient
+  must equal the per-row forward. Left-padded prompts of different lengths,
+  completions padded after a stop, and a 4-layer model."""
+  cfg = nano_config(vocab_size=64, max_seq_len=64, num_layers=4)
+  params = M.init_params(cfg, jax.random.key(0))
+  pb, g, p, n = 3, 4, 10, 7
+  ks = jax.random.split(jax.random.key(1), 3)
+  prompt = jax.random.randint(ks[0], (pb, p), 1, cfg.vocab_size)
+  prompt_mask = jnp.arange(p)[None, :] >= jnp.array([[0], [3], [6]])  # left padding
+  comp = jax.random.randint(ks[1], (pb * g, n), 1, cfg.vocab_size)
+  lengths = jax.random.randint(ks[2], (pb * g,), 1, n + 1)
+  comp_mask = jnp.arange(n)[None, :] < lengths[:, None]
+  rollout = S.Rollout(prompt_tokens=jnp.repeat(jnp.where(prompt_mask, prompt, 0), g, 0),
+                      prompt_mask=jnp.repeat(prompt_mask, g, 0),
+                      tokens=jnp.where(comp_mask, comp, 0), mask=comp_mask,
+                      logprobs=jnp.zeros((pb * g, n)), entropy=jnp.zeros((pb * g, n)),
+                      lengths=lengths, finished=lengths < n)
+  seq, pos, seg, _ = S.sequences(rollout)
+  weights = jax.random.normal(jax.random.key(2), (pb * g, n)) * comp_mask
+
+  def objective(params, group):
+    logp, ent = grpo.completion_logp(params, cfg, seq, pos, seg, n, group)
+    return jnp.sum(logp * weights), (logp, ent)
+
+  (v1, (lp1, e1)), g1 = jax.value_and_grad(objective, has_aux=True)(params, 1)
+  (vg, (lpg, eg)), gg = jax.value_and_grad(objective, has_aux=True)(params, g)
+  m = np.asarray(comp_mask)
+  np.testing.assert_allclose(np.asarray(lpg)[m], np.asarray(lp1)[m], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(eg)[m], np.asarray(e1)[m], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(vg, v1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(gg)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  with np.testing.assert_raises(ValueError):
+    M.forward_shared_prefix(params, cfg, seq[:2, :p], pos[:2, :p], seg[:2, :p],
+                            seq[:5, p:], pos[:5, p:], seg[:5, p:])

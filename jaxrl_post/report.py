@@ -140,6 +140,15 @@ def _verdict(holds: bool, a: float, b: float, n: int):
   return True if beyond_noise(a, b, n) else WEAK
 
 
+def _largest_k_pass(before: dict, after: dict) -> str:
+  """`; pass@K OOD a -> b` for the largest K both rows measured ('' if none)."""
+  keys = [k for k in after if k.startswith("pass@") and k.endswith(f"/{OOD}") and k in before]
+  if not keys:
+    return ""
+  k = max(keys, key=lambda k: int(k[len("pass@"):].split("/")[0]))
+  return f"; {k.split('/')[0]} {LABEL[OOD]} {before[k]:.3f} -> {after[k]:.3f}"
+
+
 def findings(st: dict) -> list[tuple[str, bool | str | None, str]]:
   """(claim, reproduced?, evidence) computed from the stage results.
 
@@ -161,7 +170,8 @@ def findings(st: dict) -> list[tuple[str, bool | str | None, str]]:
                        end[f"acc/{OOD}"], ref[f"acc/{OOD}"], n),
               f"{LABEL[OOD]} {ref[f'acc/{OOD}']:.3f} ({ref['label']}) -> {end[f'acc/{OOD}']:.3f} "
               f"({end['label']}); ID seen {ref['acc/id_seen']:.3f} -> {end['acc/id_seen']:.3f}; "
-              f"SFT's own OOD peak {best[f'acc/{OOD}']:.3f} at {best['label']} ({n} problems)"))
+              f"SFT's own OOD peak {best[f'acc/{OOD}']:.3f} at {best['label']} ({n} problems)"
+              + _largest_k_pass(ref, end)))
   rl = st["rl"]["runs"]
   from_end = [r for r in rl if r["start_step"] == end["step"]]
   if from_end:
@@ -200,9 +210,12 @@ def findings(st: dict) -> list[tuple[str, bool | str | None, str]]:
   if rest:
     lost = restoration["ref"][f"acc/{OOD}"] - restoration["target"][f"acc/{OOD}"]
     best_r = max(rest, key=lambda r: r[f"acc/{OOD}"])
+    ref_label = restoration.get("ref_label", f"sft@{restoration['ref_step']}")
     out.append(("Restoring top singular directions of the OOD-peak recovers OOD accuracy",
-                None if lost <= 0 else (best_r["ood_recovered"] or 0) > 0,
-                f"OOD-peak {restoration['ref'][f'acc/{OOD}']:.3f} vs SFT end "
+                None if lost <= 0 else _verdict((best_r["ood_recovered"] or 0) > 0,
+                                                best_r[f"acc/{OOD}"],
+                                                restoration["target"][f"acc/{OOD}"], n),
+                f"OOD peak ({ref_label}) {restoration['ref'][f'acc/{OOD}']:.3f} vs SFT end "
                 f"{restoration['target'][f'acc/{OOD}']:.3f}" +
                 (" (nothing lost to recover)" if lost <= 0 else
                  f"; best {best_r['spec']}: recovered fraction {_fmt(best_r['ood_recovered'])}")))
@@ -335,8 +348,9 @@ def write_report(study) -> dict:
                  _pooled(p).get("rotation_energy"), _pooled(p).get("scaling_energy"),
                  _pooled(p).get("sparsity_bfloat16")] for n, p in st["spectral"]["pairs"].items()]),
         "", "![spectral](figures/spectral_summary.png)", "",
-        f"Restoration (OOD-peak step {st['spectral']['restoration']['ref_step']} singular "
-        f"directions put into the end-of-SFT weights, step "
+        f"Restoration (the singular directions of the snapshot with the most {LABEL[OOD]} "
+        f"skill, {st['spectral']['restoration'].get('ref_label', st['spectral']['restoration']['ref_step'])}, "
+        f"put into the end-of-SFT weights, step "
         f"{st['spectral']['restoration']['target_step']}; greedy, {n_prob} problems):", "",
         _table(["spec", "ID seen", LABEL[OOD], "OOD unseen", f"fraction of lost {LABEL[OOD]} recovered"],
                [[r["spec"], r["acc/id_seen"], r[f"acc/{OOD}"], r["acc/ood"], r["ood_recovered"]]

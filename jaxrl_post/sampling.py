@@ -363,12 +363,39 @@ def finish(state: DecodeState, prompt_tokens, prompt_mask,
       lengths=length.astype(jnp.int32), finished=finished)
 
 
+def repeat_rows(state: DecodeState, n: int, cache_sharding=None) -> DecodeState:
+  """Each row of a DecodeState n times (rows i*n .. i*n + n - 1 copy row i).
+
+  After `prefill` on distinct prompts this is the prefill of every prompt
+  repeated n times (the same cache and logits), at 1/n of the work.
+  """
+  rep = lambda x: jnp.repeat(x, n, axis=0)
+  c = state.cache
+  cache = KVCache(k=jnp.repeat(c.k, n, axis=1), v=jnp.repeat(c.v, n, axis=1),
+                  valid=rep(c.valid))
+  if cache_sharding is not None:
+    cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+  return state.replace(tokens=rep(state.tokens), logprobs=rep(state.logprobs),
+                       entropy=rep(state.entropy), done=rep(state.done),
+                       logits=rep(state.logits), positions=rep(state.positions), cache=cache)
+
+
 def generate(params, cfg: ModelConfig, sc: SamplingConfig,
              prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
-             sp: SamplingParams, cache_sharding=None) -> Rollout:
-  """prefill + decode + finish, a pure function (jit it with statics bound)."""
+             sp: SamplingParams, cache_sharding=None, samples_per_prompt: int = 1) -> Rollout:
+  """prefill + decode + finish, a pure function (jit it with statics bound).
+
+  samples_per_prompt n > 1: prompt_tokens/prompt_mask hold distinct prompts
+  [B, P]; each is prefilled once and decoded n times, and the Rollout has
+  B * n rows (row i*n + j: sample j of prompt i), as if the prompts had been
+  repeated before the call.
+  """
   state = prefill(params, cfg, sc, prompt_tokens, prompt_mask, rng,
                   cache_sharding=cache_sharding)
+  if samples_per_prompt > 1:
+    state = repeat_rows(state, samples_per_prompt, cache_sharding)
+    prompt_tokens = jnp.repeat(prompt_tokens, samples_per_prompt, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, samples_per_prompt, axis=0)
   state = decode(params, cfg, sc, sp, state)
   return finish(state, prompt_tokens, prompt_mask, sc)
 

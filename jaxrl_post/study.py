@@ -110,6 +110,12 @@ class Study:
     on its own.
     """
     cfg, tok, params, got = loading.load_workdir(workdir, step)
+    return {"step": got, **self._evaluate_params(cfg, tok, params, num_samples=num_samples,
+                                                 ks=ks, splits=splits, task=task,
+                                                 max_new=max_new)}
+
+  def _evaluate_params(self, cfg, tok, params, *, num_samples: int = 1, ks=(1,),
+                       splits=SPLITS, task=None, max_new: int | None = None) -> dict:
     task = task or self.task
     max_new = max_new or int(self.c.sft.eval.max_new_tokens)
     ec = evaluation.EvalConfig(num_samples=num_samples,
@@ -120,7 +126,7 @@ class Study:
     prompts = [e.prompt for split in splits for e in per_split[split]]
     texts = evaluation.sample_texts(self.sampler(cfg, tok, max_new), params, tok, prompts, ec,
                                     seed=self.c.seed)
-    out = {"step": got}
+    out = {}
     start = 0
     for split in splits:
       examples = per_split[split]
@@ -311,10 +317,13 @@ class Study:
     os.makedirs(self.path("analysis"), exist_ok=True)
     with open(self.path("analysis", "spectral.json"), "w") as f:
       json.dump(out, f, indent=1, default=_json_default)
-    # Restoration: put the OOD-peak directions back into the end-of-SFT model.
-    cfg, tok, p_peak, _ = loading.load_workdir(sft["workdir"], peak)
+    # Restoration: put the directions of the snapshot with the most OOD skill
+    # (the base when SFT never matched it, else SFT's OOD peak; ties go to
+    # SFT) back into the end-of-SFT model.
+    peak_row = max(ev["rows"], key=lambda r: (r[f"acc/{OOD_SKILL}"], r["acc/ood"],
+                                              r["label"] != "base"))
+    cfg, tok, p_peak, _ = loading.load_workdir(peak_row["workdir"], peak_row["step"])
     _, _, p_end, _ = loading.load_workdir(sft["workdir"], last)
-    peak_row = next(r for r in ev["rows"] if r["label"] == f"sft@{peak}")
     end_row = next(r for r in ev["rows"] if r["label"] == f"sft@{last}")
     rest = []
     for spec in self.c.restore_specs:
@@ -324,19 +333,15 @@ class Study:
                    "ood_recovered": restore_lib.recovery_fraction(
                        peak_row[f"acc/{OOD_SKILL}"], end_row[f"acc/{OOD_SKILL}"], accs[OOD_SKILL])})
     pick = lambda row: {f"acc/{s}": row[f"acc/{s}"] for s in RESTORE_SPLITS}
-    out["restoration"] = {"ref_step": peak, "target_step": last, "ood_split": OOD_SKILL,
+    out["restoration"] = {"ref_step": peak_row["step"], "ref_label": peak_row["label"],
+                          "target_step": last, "ood_split": OOD_SKILL,
                           "ref": pick(peak_row), "target": pick(end_row), "rows": rest}
     return out
 
   def _accuracy_of(self, cfg, tok, params, splits) -> dict:
-    max_new = int(self.c.sft.eval.max_new_tokens)
-    ec = evaluation.EvalConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new, rows=64)
-    out = {}
-    for split in splits:
-      examples = self.task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
-      out[split] = evaluation.evaluate_split(self.sampler(cfg, tok, max_new), params, tok,
-                                             examples, self.task.verify, ec)["accuracy"]
-    return out
+    """Greedy accuracy per split of an in-memory parameter tree."""
+    res = self._evaluate_params(cfg, tok, params, splits=tuple(splits))
+    return {split: res[split]["accuracy"] for split in splits}
 
   def stage_report(self) -> dict:
     from jaxrl_post import report

@@ -146,6 +146,26 @@ def test_n_samples_per_prompt_and_sequences(setup, sampler):
                                 np.arange(4, 4 + int(r.lengths[0])))
 
 
+def test_samples_per_prompt_prefills_once_and_equals_repeated_prompts(setup):
+  """generate(samples_per_prompt=n) on distinct prompts is generate on the
+  prompts repeated n times (what GRPO does for its groups): same tokens,
+  log-probs and masks, with one prefill per prompt."""
+  cfg, params, tokens, mask = setup
+  sc = S.SamplingConfig(max_new_tokens=10, stop_ids=(EOS,))
+  sp = S.SamplingParams(temperature=jnp.float32(1.0), top_p=jnp.float32(1.0))
+  tok4, mask4 = S.repeat_prompts(tokens, mask, 4)
+  run = jax.jit(lambda t, m, n: S.generate(params, cfg, sc, t, m, jax.random.key(5), sp,
+                                           samples_per_prompt=n), static_argnums=2)
+  ref, got = run(tok4, mask4, 1), run(tokens, mask, 4)
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+    assert a.shape == b.shape
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  np.testing.assert_array_equal(got.prompt_tokens, ref.prompt_tokens)
+  np.testing.assert_array_equal(got.mask, ref.mask)
+  np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+  assert len({tuple(np.asarray(got.tokens[i])) for i in range(4)}) > 1  # samples differ
+
+
 def test_eight_devices_match_one_device(setup):
   cfg, params, _, _ = setup
   tokens, mask = S.pad_prompts(PROMPTS * 2, 0, buckets=(16,))

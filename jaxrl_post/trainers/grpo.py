@@ -95,10 +95,10 @@ def _repeat(tree, g: int):
 def _rollout_round(params, cfg, rc: RLStepConfig, prompts, mask, reward_fn, key):
   """One round: G samples for each prompt, their rewards and group stats."""
   g = rc.group_size
-  tokens, pmask = jnp.repeat(prompts, g, 0), jnp.repeat(mask, g, 0)
   sp = S.SamplingParams(temperature=jnp.float32(rc.hp.temperature),
                         top_p=jnp.float32(rc.hp.top_p))
-  rollout = S.generate(params, cfg, rc.sampling, tokens, pmask, key, sp)
+  # Each prompt is prefilled once for its G samples.
+  rollout = S.generate(params, cfg, rc.sampling, prompts, mask, key, sp, samples_per_prompt=g)
   rewards, aux = reward_fn(rollout.tokens, rollout.mask)
   std = adv_lib.group_reward_std(rewards, g)
   return rollout, rewards.astype(jnp.float32), aux, std

@@ -120,7 +120,9 @@ class Checkpointer:
 
 
 def _state_dir(directory: str, step: int) -> str:
-  path = os.path.join(directory, str(step), "state")
+  # Absolute: Orbax's readers find no metadata under a relative path (it
+  # failed as "'NoneType' object is not iterable" for `--workdir=runs/study`).
+  path = os.path.abspath(os.path.join(directory, str(step), "state"))
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: no such snapshot (have steps {list_steps(directory)})")
   return path

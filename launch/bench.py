@@ -392,7 +392,9 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
 
   Our step: `RLHParams` defaults (beta 0, one update per rollout, temperature
   1, group-std advantages), AdamW lr 1e-5; no stop id, so every completion
-  is `new_tokens` long. Prompts: the last 32 token ids of gp24 training
+  is `new_tokens` long. Each prompt is prefilled once for its group and runs
+  once through the update's forward (`forward_shared_prefix`); TRL repeats
+  it per sample in both. Prompts: the last 32 token ids of gp24 training
   prompts (the bench's prompt 32). Reward: the binary gp24 verifier, compiled
   into the step (1 iff the formula after `Answer:` uses the four card values
   once each and equals 24; on random weights it is 0 everywhere).

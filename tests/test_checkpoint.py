@@ -88,3 +88,18 @@ def test_partial_reads_and_sources(tmp_path):
   with pytest.raises(C.CheckpointError, match="no snapshot at step 7"):
     C.CheckpointSource(str(tmp_path), 7)
   assert C.list_steps(str(tmp_path / "missing")) == []
+
+
+def test_reads_through_a_relative_directory(tmp_path, monkeypatch):
+  # `launch.study --workdir=runs/study` (the README's command) passes relative
+  # paths; Orbax's readers did not find the metadata under them.
+  _, _, _, _, st = _state(mesh_of(1, 1, 1))
+  ck = C.Checkpointer(str(tmp_path / "run" / "checkpoints"))
+  ck.save(2, st)
+  ck.close()
+  monkeypatch.chdir(tmp_path)
+  params, step = C.load_params(os.path.join("run", "checkpoints"))
+  assert step == 2
+  assert _equal(params, jax.device_get(st.params))
+  src = C.CheckpointSource(os.path.join("run", "checkpoints"), 2)
+  np.testing.assert_array_equal(src.read("embed"), st.params["embed"])

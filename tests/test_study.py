@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_study_report(tmp_path):
   w = str(tmp_path / "study")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  p = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={w}",
+  # A relative --workdir, as in the README's command (Orbax reads failed on one).
+  p = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={os.path.relpath(w, ROOT)}",
                       "--config=configs/study.py:quick"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]

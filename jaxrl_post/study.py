@@ -55,7 +55,9 @@ class Study:
 
   def __init__(self, config, workdir: str, log: Callable[[str], None] = print):
     self.c = config
-    self.w = workdir
+    # Absolute, so the run directories the stage results record stay valid
+    # when the study is resumed from another working directory.
+    self.w = os.path.abspath(workdir)
     self.log = log
     os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
     self._samplers: dict = {}

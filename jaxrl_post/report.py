@@ -225,10 +225,12 @@ def findings(st: dict) -> list[tuple[str, bool | str | None, str]]:
   others = {k: v for k, v in sp.items() if (k.startswith("pass@") or k == "gen_loss") and v is not None}
   best_k = max(others, key=lambda k: others[k]) if others else None
   if acc_rho is not None and best_k is not None:
+    tie = np.isclose(others[best_k], acc_rho)  # the starts rank the same: nothing to tell apart
     out.append(("Post-SFT accuracy predicts post-RL accuracy worse than pass@large-k / gen_loss",
-                others[best_k] > acc_rho,
+                None if tie else others[best_k] > acc_rho,
                 f"Spearman: SFT acc {acc_rho:.2f}, best other {best_k} {others[best_k]:.2f} "
-                f"(n={sp['n_points']} start points; weak evidence)"))
+                f"(n={sp['n_points']} start points; weak evidence"
+                + ("; a tie: every signal ranks the starts alike)" if tie else ")")))
   cal = st["rlcr"]
   for split in ("id_seen", "id_heldout"):
     b, r = cal["binary"].get(f"ece/{split}"), cal["rlcr"].get(f"ece/{split}")
@@ -306,7 +308,9 @@ def write_report(study) -> dict:
         "## 3. Which SFT signal predicts post-RL accuracy", "",
         f"Spearman rank correlation over {sp['n_points']} RL start points (target: {sp['target']}). "
         "With so few points this is weak evidence.", "",
-        _table(["signal", "Spearman"], [[k, v] for k, v in sp.items() if k not in ("n_points", "target")]),
+        _table(["signal", "Spearman"],
+               [["-gen_loss (lower loss ranks higher)" if k == "gen_loss" else k, v]
+                for k, v in sp.items() if k not in ("n_points", "target")]),
         "", "## 4. Calibration: binary reward vs RLCR", "",
         f"From the last SFT snapshot (step {cal['start_step']}), "
         + (f"after a short SFT on targets that end with `Confidence: q` "

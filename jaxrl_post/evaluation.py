@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -125,15 +125,40 @@ def score_split(examples: Sequence, texts: Sequence[Sequence[str]],
   }
 
 
+def evaluate_splits(sampler, params, tokenizer, examples: Mapping[str, Sequence], verify,
+                    ec: EvalConfig, seed: int = 0, progress=None) -> dict[str, dict]:
+  """Samples every split's prompts in one pass through the kernel, then scores each split.
+
+  examples: {split: [Example]}. The prompts of all splits are concatenated, so
+  the kernel's fixed-size row batches are filled across splits (4 splits of 48
+  problems are 3 batches of 64 rows, not 4 padded ones). Greedy results equal
+  `evaluate_split` per split; sampled ones are equally distributed but not
+  identical, because a row's noise depends on its place in the batch.
+  Returns {split: `score_split(...)` plus "examples" (the first 5 completions)}.
+  """
+  names = list(examples)
+  empty = [name for name in names if not examples[name]]
+  if not names or empty:
+    raise ValueError(f"evaluate_splits: no examples in split(s) {empty or '(none given)'}")
+  prompts = [e.prompt for name in names for e in examples[name]]
+  texts = sample_texts(sampler, params, tokenizer, prompts, ec, seed=seed, progress=progress)
+  out, start = {}, 0
+  for name in names:
+    exs = list(examples[name])
+    split_texts = texts[start:start + len(exs)]
+    start += len(exs)
+    res = score_split(exs, split_texts, verify, ec.ks)
+    res["examples"] = [{"id": e.id, "prompt": e.prompt, "completion": s[0]}
+                       for e, s in list(zip(exs, split_texts))[:5]]
+    out[name] = res
+  return out
+
+
 def evaluate_split(sampler, params, tokenizer, examples, verify, ec: EvalConfig,
                    seed: int = 0, progress=None) -> dict:
-  """Samples and scores one split."""
-  texts = sample_texts(sampler, params, tokenizer, [e.prompt for e in examples], ec,
-                       seed=seed, progress=progress)
-  out = score_split(examples, texts, verify, ec.ks)
-  out["examples"] = [{"id": e.id, "prompt": e.prompt, "completion": s[0]}
-                     for e, s in list(zip(examples, texts))[:5]]
-  return out
+  """Samples and scores one split (`evaluate_splits` with one split)."""
+  return evaluate_splits(sampler, params, tokenizer, {"split": examples}, verify, ec,
+                         seed=seed, progress=progress)["split"]
 
 
 def generalization_loss(params, cfg, tokenizer, examples: Sequence, seq_len: int,

@@ -125,19 +125,12 @@ class Study:
                                max_new_tokens=max_new, rows=64, ks=tuple(ks))
     per_split = {split: task.examples(split, n=int(self.c.eval_problems), seed=self.c.seed + 777)
                  for split in splits}
-    prompts = [e.prompt for split in splits for e in per_split[split]]
-    texts = evaluation.sample_texts(self.sampler(cfg, tok, max_new), params, tok, prompts, ec,
-                                    seed=self.c.seed)
-    out = {}
-    start = 0
-    for split in splits:
-      examples = per_split[split]
-      res = evaluation.score_split(examples, texts[start:start + len(examples)], task.verify,
-                                   ec.ks)
-      start += len(examples)
+    out = evaluation.evaluate_splits(self.sampler(cfg, tok, max_new), params, tok, per_split,
+                                     task.verify, ec, seed=self.c.seed)
+    for res in out.values():
+      res.pop("examples", None)
       if num_samples == 1:  # per-problem counts matter for pass@k only
         res.pop("per_problem", None)
-      out[split] = res
     return out
 
   # ----------------------------------------------------------------- stages

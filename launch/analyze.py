@@ -93,11 +93,11 @@ def _restoration(restore, figures):
   sampler = sampling.Sampler(cfg, sampling.SamplingConfig(64, stop_ids=(tok.eos_id,), pad_id=tok.pad_id))
   ec = evaluation.EvalConfig(max_new_tokens=64)
 
+  examples = {s: task.examples(s, _PROBLEMS.value, 1234) for s in _SPLIT.value}
+
   def accuracy(params):
-    return {f"acc/{s}": evaluation.evaluate_split(sampler, params, tok,
-                                                  task.examples(s, _PROBLEMS.value, 1234),
-                                                  task.verify, ec)["accuracy"]
-            for s in _SPLIT.value}
+    res = evaluation.evaluate_splits(sampler, params, tok, examples, task.verify, ec)
+    return {f"acc/{s}": r["accuracy"] for s, r in res.items()}
 
   ref_acc, tgt_acc = accuracy(p_ref), accuracy(p_tgt)
   rows = [{"spec": "target", **tgt_acc}]

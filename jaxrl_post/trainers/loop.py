@@ -156,20 +156,19 @@ def eval_examples(ctx: RunContext, split: str, n: int) -> list:
 
 def accuracy_metrics(ctx: RunContext, sampler: S.Sampler, params,
                      splits=None, n=None) -> dict[str, float]:
-  """Greedy accuracy per split (flat `acc/<split>` metrics)."""
+  """Greedy accuracy per split (flat `acc/<split>` metrics), all splits in one
+  pass through the rollout kernel."""
   ev = ctx.hp.eval
   ec = evaluation.EvalConfig(num_samples=1, temperature=ev.temperature,
                              max_new_tokens=sampler.sc.max_new_tokens,
                              rows=_eval_rows(ctx))
-  out = {}
-  for split in splits or ev.splits:
-    if split not in ctx.task.splits:
-      continue
-    examples = eval_examples(ctx, split, n or ev.num_problems)
-    res = evaluation.evaluate_split(sampler, params, ctx.tokenizer, examples,
-                                    ctx.task.verify, ec)
-    out[f"acc/{split}"] = res["accuracy"]
-  return out
+  examples = {split: eval_examples(ctx, split, n or ev.num_problems)
+              for split in splits or ev.splits if split in ctx.task.splits}
+  if not examples:
+    return {}
+  res = evaluation.evaluate_splits(sampler, params, ctx.tokenizer, examples,
+                                   ctx.task.verify, ec)
+  return {f"acc/{split}": r["accuracy"] for split, r in res.items()}
 
 
 EVAL_LOGITS_BYTES = 1 << 29  # float32 logits of one eval batch: at most 512 MiB

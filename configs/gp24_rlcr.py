@@ -1,5 +1,8 @@
 """GRPO with the RLCR calibration reward.
 
+Starts from an SFT snapshot that states confidences (`configs/gp24_sft.py:conf`):
+  python -m launch.train --config=configs/gp24_sft.py:conf --workdir=runs/gp24_sft_conf \
+      --config.init_from=runs/gp24_pretrain
   python -m launch.train --config=configs/gp24_rlcr.py --workdir=runs/gp24_rlcr \
       --config.init_from=runs/gp24_sft_conf
   python -m launch.train --config=configs/gp24_rlcr.py:quick --workdir=/tmp/q   # standalone, seconds

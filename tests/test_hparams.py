@@ -1,5 +1,7 @@
 """Config validation: bad values fail before compiling, naming the field."""
 
+import dataclasses
+
 import pytest
 
 from configs import common
@@ -68,3 +70,20 @@ def test_study_configs_validate():
   for c in (study.get_config(), study.get_config("quick"), study_accel.get_config()):
     for stage in ("base", "sft", "grpo", "rlcr", "srl"):
       from_config(c[stage])
+
+
+def test_gp24_sft_conf_is_the_rlcr_start():
+  """`gp24_sft.py:conf` trains the confidence format that `gp24_rlcr` rewards,
+  with the study's recipe; the plain config is unchanged."""
+  from configs import gp24_sft, study
+  from jaxrl_post import tasks
+  plain, conf = from_config(gp24_sft.get_config()), from_config(gp24_sft.get_config("conf"))
+  assert dict(plain.task_options).get("confidence_fraction", 0.0) == 0.0
+  opts = dict(conf.task_options)
+  study_opts = dict(study.get_config().sft.task_options)
+  assert {k: opts[k] for k in study_opts} == study_opts
+  assert dataclasses.replace(conf, task_options=plain.task_options) == plain
+  task = tasks.get_task(conf.task, **opts)
+  train = task.examples("train", 400, seed=0)
+  stated = [e for e in train if "Confidence:" in e.completion]
+  assert 0.15 < len(stated) / len(train) < 0.35

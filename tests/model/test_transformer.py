@@ -182,17 +182,18 @@ def test_causal_chunked_attention_equals_full_attention_and_its_gradient():
   v = jax.random.normal(ks[2], (b, cfg.num_kv_heads, cfg.head_dim, t))
   seg = jnp.array([[1] * 20 + [2] * 20 + [0] * 8, [1] * 48])
   mask = T._self_mask(seg)
-  dense = T._attend(q, k, v, mask, cfg)
+  attend = jax.jit(T._attend, static_argnums=4)
+  causal = jax.jit(T._attend_causal, static_argnums=4, static_argnames="chunk")
+  dense = attend(q, k, v, mask, cfg)
   for chunk in (8, 16, 48, 64):  # several chunks, one chunk, chunk > T
-    np.testing.assert_allclose(T._attend_causal(q, k, v, mask, cfg, chunk=chunk), dense,
-                               atol=1e-5)
+    np.testing.assert_allclose(causal(q, k, v, mask, cfg, chunk=chunk), dense, atol=1e-5)
 
-  def loss(fn, q, k, v):
-    return jnp.sum(jnp.sin(fn(q, k, v, mask, cfg)))
+  def grads(fn):
+    loss = lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, mask, cfg)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
-  g_dense = jax.grad(lambda *a: loss(T._attend, *a), argnums=(0, 1, 2))(q, k, v)
-  g_chunk = jax.grad(lambda *a: loss(lambda *x: T._attend_causal(*x, chunk=16), *a),
-                     argnums=(0, 1, 2))(q, k, v)
+  g_dense = grads(T._attend)
+  g_chunk = grads(lambda *x: T._attend_causal(*x, chunk=16))
   for a, c in zip(g_dense, g_chunk):
     np.testing.assert_allclose(c, a, atol=1e-5)
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrl_post import model as M
 from jaxrl_post import rewards as R
@@ -64,6 +65,7 @@ def test_step_compiles_once_and_updates():
   assert any(jax.tree.leaves(changed)) or all(mm["grad_norm"] == 0 for mm in metrics)
 
 
+@pytest.mark.slow
 def test_one_vs_eight_devices():
   outs = []
   for mesh in (mesh_of(1, 1, 1), mesh_of(2, 2, 2)):
@@ -115,8 +117,9 @@ def test_shared_prompt_logp_equals_per_row_logp_and_gradient():
     logp, ent = grpo.completion_logp(params, cfg, seq, pos, seg, n, group)
     return jnp.sum(logp * weights), (logp, ent)
 
-  (v1, (lp1, e1)), g1 = jax.value_and_grad(objective, has_aux=True)(params, 1)
-  (vg, (lpg, eg)), gg = jax.value_and_grad(objective, has_aux=True)(params, g)
+  value_and_grad = jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=1)
+  (v1, (lp1, e1)), g1 = value_and_grad(params, 1)
+  (vg, (lpg, eg)), gg = value_and_grad(params, g)
   m = np.asarray(comp_mask)
   np.testing.assert_allclose(np.asarray(lpg)[m], np.asarray(lp1)[m], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(eg)[m], np.asarray(e1)[m], rtol=1e-5, atol=1e-5)

@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quick_study_report(tmp_path):
   w = str(tmp_path / "study")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")

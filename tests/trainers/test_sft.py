@@ -59,6 +59,7 @@ def _run_steps(mesh, grad_accum, batches, cfg):
   return losses, jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_one_vs_eight_devices_and_accumulation_give_the_same_losses():
   cfg = nano_config()
   rng = np.random.default_rng(1)
@@ -115,6 +116,7 @@ def _rows(workdir):
   return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_metrics(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   full = str(tmp_path / "full")

@@ -9,8 +9,8 @@ the final one solves almost every seen hand greedily, leaving RL nothing to
 raise. The SFT policy is sharp (entropy ~0.08 nat/token), so most groups of
 a few samples agree: groups of 8 and dynamic sampling (up to 3 generation
 rounds) keep the batch informative. Measured on the 2-core CPU, 200 steps in
-8.8 min: greedy ID-seen accuracy 0.30 -> 0.52 and sampled (T = 1) mean reward
-0.20 -> 0.35 on 192 / 96 x 16 held-fixed problems.
+4.5 min: greedy ID-seen accuracy 0.30 -> 0.51 and sampled (T = 1) mean reward
+0.20 -> 0.34 on 192 / 96 x 16 held-fixed problems (`launch.evaluate`).
 """
 
 from configs import common

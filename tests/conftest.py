@@ -22,7 +22,7 @@ jax.config.update("jax_threefry_partitionable", True)
 def pytest_collection_modifyitems(config, items):
   """Tests marked `slow` (a minute or more on 2 cores) run first.
 
-  With `pytest -n 2 --dist loadgroup` (the README's command) the workers take
+  With `pytest -n 2` (the README's command) the workers take
   work in this order, so the long poles start at once and the short tests
   fill in around them instead of one long test finishing alone at the end.
   """

@@ -12,9 +12,6 @@ import sys
 
 import pytest
 
-# One worker runs the whole module: its module-scoped fixture is minutes of work.
-pytestmark = pytest.mark.xdist_group("bench")
-
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 

@@ -7,9 +7,6 @@ import sys
 
 import pytest
 
-# One worker runs the whole module: its module-scoped fixture is minutes of work.
-pytestmark = pytest.mark.xdist_group("launch")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
 

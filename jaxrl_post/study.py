@@ -50,10 +50,22 @@ class StageInputMissing(RuntimeError):
   """A stage's inputs (an earlier stage's outputs) are missing."""
 
 
+def _check_calibration_source(config) -> None:
+  """The rlcr stage needs an SFT that taught the `Confidence: q` format: either
+  mixed into the SFT data (sft.task_options.confidence_fraction > 0) or a
+  separate short SFT (conf_sft_steps > 0). Checked before any stage runs, not
+  after an hour of base and SFT training."""
+  mixed = float(config.sft.get("task_options", {}).get("confidence_fraction", 0) or 0)
+  if mixed <= 0 and int(config.get("conf_sft_steps", 0)) <= 0:
+    raise ValueError("the calibration stage needs an SFT that taught the confidence format: "
+                     "set sft.task_options.confidence_fraction > 0 or conf_sft_steps > 0")
+
+
 class Study:
   """Runs the stages of `configs/study.py` in `workdir`."""
 
   def __init__(self, config, workdir: str, log: Callable[[str], None] = print):
+    _check_calibration_source(config)
     self.c = config
     # Absolute, so the run directories the stage results record stay valid
     # when the study is resumed from another working directory.
@@ -214,9 +226,6 @@ class Study:
       conf_cfg.task_options = dict(conf_opts)
       conf_cfg.num_steps = int(self.c.conf_sft_steps)
       origin = self.train("sft_conf", conf_cfg, init_from=origin)
-    elif not self.c.sft.get("task_options", {}).get("confidence_fraction", 0):
-      raise ValueError("the calibration stage needs an SFT that taught the confidence format: "
-                       "set sft.task_options.confidence_fraction > 0 or conf_sft_steps > 0")
     # Outputs with a confidence line are longer: the stage has its own budget.
     budget = int(self.c.rlcr.eval.max_new_tokens)
     n = int(self.c.get("calib_samples", self.c.eval_samples))

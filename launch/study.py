@@ -31,7 +31,11 @@ def main(argv):
   c = _CONFIG.value
   for stage in ("base", "sft", "grpo", "rlcr", "srl"):
     from_config(c[stage])  # every stage's config is valid before anything runs
-  result = Study(c, _WORKDIR.value).run()
+  try:
+    study = Study(c, _WORKDIR.value)
+  except ValueError as e:  # a config that cannot run every stage: before any stage starts
+    raise app.UsageError(str(e)) from e
+  result = study.run()
   print(result["report"])
 
 

@@ -70,3 +70,24 @@ def test_beyond_noise_is_a_two_proportion_z_test():
   assert report._verdict(True, 0.0, 1 / 48, 48) == report.WEAK
   assert report._verdict(False, 0.5, 0.2, 48) is False
   assert report._verdict(True, 0.5, 0.2, 48) is True
+
+
+def test_a_study_without_a_confidence_source_fails_before_any_stage(tmp_path):
+  from configs import study as study_config
+  from jaxrl_post.study import Study
+  c = study_config.get_config("quick")
+  Study(c, str(tmp_path / "ok"))  # the default mixes the format into SFT
+  c.sft.task_options = {}
+  with pytest.raises(ValueError, match="confidence_fraction > 0 or conf_sft_steps > 0"):
+    Study(c, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()  # nothing was started
+  c.conf_sft_steps = 2  # a separate confidence SFT is the other source
+  Study(c, str(tmp_path / "separate"))
+  # The command line says so, before any stage runs.
+  p = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={tmp_path}/cli",
+                      "--config=configs/study.py:quick",
+                      "--config.sft.task_options.confidence_fraction=0.0"], cwd=ROOT,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0 and "conf_sft_steps > 0" in p.stderr
+  assert not (tmp_path / "cli").exists()

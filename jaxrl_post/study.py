@@ -71,7 +71,7 @@ class Study:
     # when the study is resumed from another working directory.
     self.w = os.path.abspath(workdir)
     self.log = log
-    os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
+    os.makedirs(self.path("stages"), exist_ok=True)
     self._samplers: dict = {}
     # The SFT stage's expert targets (canonical or all solutions) also make
     # the held-out examples of gen_loss.

@@ -28,6 +28,13 @@ Every figure is measured in this run, on the machine it reports:
   bench_peers.py` lists what is matched), its steps interleaved with ours;
   after 2 warmup steps, `--rounds` steps each, medians: `ratio_vs_trl` =
   trl_step_sec / step_sec. Without trl the TRL fields are null.
+  `model_flops` counts 2 N per rollout token and 6 N per update token (the
+  train row's convention; each prompt counted once per group, as it runs);
+  `mfu` = model_flops / step_sec / peak. `floor_sec` is the step's dense
+  matmuls alone at this machine's measured rates (the decode's at
+  `floor_ms_per_step` of its shape, prefill and update at the matmul peak):
+  no step of this work runs faster here. `goal_sec` = trl_step_sec / 3
+  (DESIGN.md section 4).
 
 `--quick` runs the `nano` preset at tiny shapes in seconds (for the tests).
 `--only=grpo` (any of rollout, train, grpo, similarity, comma-separated)
@@ -386,8 +393,26 @@ def train_row(preset: str, batch: int, seq_len: int, peak_gflops: float,
 # --------------------------------------------------------------------------
 
 
+def grpo_model_flops(cfg, prompts: int, samples: int, prompt_len: int,
+                     new_tokens: int) -> dict[str, int]:
+  """Model FLOPs of one GRPO step, 2 N per rollout token and 6 N per update token.
+
+  N = cfg.num_params() (the train row's MFU convention; attention's
+  score and value products are not counted). As the step runs them: each
+  prompt is prefilled once for its G samples, every row feeds `new_tokens`
+  tokens to the decode, and the update's forward/backward sees each prompt
+  once plus the first new_tokens - 1 completion tokens of every row (the
+  last one is only a target).
+  """
+  n = cfg.num_params()
+  rows = prompts * samples
+  return {"prefill": 2 * n * prompts * prompt_len,
+          "decode": 2 * n * rows * new_tokens,
+          "update": 6 * n * (prompts * prompt_len + rows * (new_tokens - 1))}
+
+
 def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int,
-             use_trl: bool = False, warmup: int = 2) -> dict:
+             peak_gflops: float, use_trl: bool = False, warmup: int = 2) -> dict:
   """One jitted GRPO step (rollout through the kernel + gp24 reward + update).
 
   Our step: `RLHParams` defaults (beta 0, one update per rollout, temperature
@@ -452,11 +477,19 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
 
   once()
   alone = _median([_timed(once) for _ in range(reps)])
+  flops = grpo_model_flops(cfg, prompts, samples, tokens.shape[1], new_tokens)
+  peak = peak_gflops * 1e9
+  floor_rollout = (flops["prefill"] / peak
+                   + dense_floor_ms_per_step(cfg, prompts * samples, new_tokens)
+                   * new_tokens / 1e3)
+  floor_update = flops["update"] / peak
   row = {"preset": preset, "prompts": prompts, "samples": samples, "new_tokens": new_tokens,
          "prompt_len": tokens.shape[1], "step_sec": alone, "step_sec_alone": alone,
          "compiles": None, "trl_step_sec": None, "ratio_vs_trl": None,
          "completion_len_mean": None, "reward": "gp24 binary verifier (on device)",
-         "beta": hp.beta}
+         "beta": hp.beta, "model_flops": sum(flops.values()), "model_flops_parts": flops,
+         "floor_sec": floor_rollout + floor_update, "floor_rollout_sec": floor_rollout,
+         "floor_update_sec": floor_update, "goal_sec": None}
   if use_trl and bench_peers.trl_available():
     paired: list[float] = []
 
@@ -477,10 +510,12 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
       row["step_secs"] = paired[warmup:]
       row.update(peer)
       row["ratio_vs_trl"] = peer["trl_step_sec"] / row["step_sec"]
+      row["goal_sec"] = peer["trl_step_sec"] / 3
     except Exception as e:  # a peer that cannot run must not stop the bench
       row["trl_error"] = f"{type(e).__name__}: {e}"
   row["compiles"] = len(traces)
   row["completion_len_mean"] = float(holder["metrics"]["completion_len_mean"])
+  row["mfu"] = row["model_flops"] / row["step_sec"] / peak
   print(json.dumps(row), flush=True)
   return row
 
@@ -533,8 +568,9 @@ def run(out: str, quick: bool, rounds: int, use_hf: bool, presets, use_trl: bool
                        else train_row("small", 32, 128, result["matmul_peak_gflops"], 3)]
   if "grpo" in sections:
     # GRPO step, and TRL's GRPOTrainer on the same work when installed.
-    result["grpo"] = [grpo_row("nano", 2, 2, 8, 2, use_trl=use_trl, warmup=1) if quick
-                      else grpo_row("tiny", 8, 4, 32, rounds, use_trl=use_trl, warmup=2)]
+    peak = result["matmul_peak_gflops"]
+    result["grpo"] = [grpo_row("nano", 2, 2, 8, 2, peak, use_trl=use_trl, warmup=1) if quick
+                      else grpo_row("tiny", 8, 4, 32, rounds, peak, use_trl=use_trl, warmup=2)]
   if "similarity" in sections:
     # SRL similarity reward vs the decode that produced its inputs (batch-32 row).
     dec = [r for r in result["rollout"] if r.get("temperature", 1.0) > 0]

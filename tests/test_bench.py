@@ -66,6 +66,19 @@ def test_train_grpo_and_similarity_rows(result):
   assert set(g) >= {"preset", "prompts", "samples", "new_tokens", "step_sec", "trl_step_sec",
                     "ratio_vs_trl"}
   assert g["compiles"] == 1 and g["step_sec"] > 0
+  # Model FLOPs as the step runs them: 2 N per rollout token (each prompt
+  # prefilled once per group, new_tokens fed per row), 6 N per update token
+  # (each prompt once, the first new_tokens - 1 completion tokens per row).
+  from jaxrl_post import model as M
+  n = M.get_preset(g["preset"]).num_params()
+  rows, p_tok = g["prompts"] * g["samples"], g["prompts"] * g["prompt_len"]
+  want = 2 * n * (p_tok + rows * g["new_tokens"]) + 6 * n * (p_tok + rows * (g["new_tokens"] - 1))
+  assert g["model_flops"] == sum(g["model_flops_parts"].values()) == want
+  assert g["mfu"] == pytest.approx(want / g["step_sec"] / (result["matmul_peak_gflops"] * 1e9))
+  # The dense-matmul floor is a lower bound of the measured step.
+  assert g["floor_sec"] == pytest.approx(g["floor_rollout_sec"] + g["floor_update_sec"])
+  assert 0 < g["floor_rollout_sec"] and 0 < g["floor_update_sec"]
+  assert g["floor_sec"] < g["step_sec"]
   sim = result["srl_similarity"]
   assert sim["similarity_sec"] > 0 and sim["decode_sec_same_tokens"] > 0
 
@@ -99,6 +112,7 @@ def test_grpo_row_against_trl(result):
   assert "trl_error" not in g, g.get("trl_error")
   assert _number(g["trl_step_sec"]) and g["trl_step_sec"] > 0
   assert g["ratio_vs_trl"] == pytest.approx(g["trl_step_sec"] / g["step_sec"])
+  assert g["goal_sec"] == pytest.approx(g["trl_step_sec"] / 3)  # DESIGN.md section 4
   assert len(g["trl_step_secs"]) == len(g["step_secs"]) >= 1  # paired, after the warmup
   assert g["completion_len_mean"] == g["trl_completion_len_mean"] == g["new_tokens"]
   assert g["trl_prompt_len"] == g["prompt_len"]
@@ -110,7 +124,7 @@ def test_grpo_row_without_trl_is_null(result):
   if _trl_importable():
     pytest.skip("trl is installed: the measured path is tested above")
   (g,) = result["grpo"]
-  assert g["trl_step_sec"] is None and g["ratio_vs_trl"] is None
+  assert g["trl_step_sec"] is None and g["ratio_vs_trl"] is None and g["goal_sec"] is None
 
 
 def test_peer_tokenizer_round_trips_ids():

@@ -155,10 +155,13 @@ def evaluate_splits(sampler, params, tokenizer, examples: Mapping[str, Sequence]
 
 
 def evaluate_split(sampler, params, tokenizer, examples, verify, ec: EvalConfig,
-                   seed: int = 0, progress=None) -> dict:
-  """Samples and scores one split (`evaluate_splits` with one split)."""
-  return evaluate_splits(sampler, params, tokenizer, {"split": examples}, verify, ec,
-                         seed=seed, progress=progress)["split"]
+                   seed: int = 0, progress=None, name: str = "split") -> dict:
+  """Samples and scores one split (`evaluate_splits` with one split).
+
+  name: the split's name, used only in error messages.
+  """
+  return evaluate_splits(sampler, params, tokenizer, {name: examples}, verify, ec,
+                         seed=seed, progress=progress)[name]
 
 
 def generalization_loss(params, cfg, tokenizer, examples: Sequence, seq_len: int,

@@ -87,7 +87,7 @@ def main(argv):
   for split in splits:
     examples = task.examples(split, n=_PROBLEMS.value, seed=_SEED.value)
     res = evaluation.evaluate_split(sampler, params, tok, examples, task.verify, ec,
-                                    seed=_SEED.value)
+                                    seed=_SEED.value, name=split)
     logging.info("%s: accuracy %.3f pass@k %s (%d problems x %d samples)", split,
                  res["accuracy"], res["pass@k"], res["n_problems"], _N.value)
     result[split] = res

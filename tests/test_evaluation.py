@@ -78,3 +78,6 @@ def test_empty_split_is_an_error(model):
   with pytest.raises(ValueError, match="no examples in split.*'ood'"):
     E.evaluate_splits(sampler, params, tok, {"id_seen": ex, "ood": []}, lambda e, t: True,
                       E.EvalConfig(max_new_tokens=6, rows=4))
+  with pytest.raises(ValueError, match="no examples in split.*'ood_train'"):
+    E.evaluate_split(sampler, params, tok, [], lambda e, t: True,
+                     E.EvalConfig(max_new_tokens=6, rows=4), name="ood_train")

@@ -101,6 +101,29 @@ def find_first(chars: jax.Array, length: jax.Array, pattern: str, start=0) -> ja
   return jnp.where(jnp.any(hit), jnp.argmax(hit), -1)
 
 
+# Code points that Python's str.isspace() (and so str.strip()) treats as whitespace.
+_WHITESPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], np.int32)
+
+
+def is_space(chars: jax.Array) -> jax.Array:
+  """bool, elementwise: the code point is whitespace in Python's sense."""
+  return jnp.any(chars[..., None] == jnp.asarray(_WHITESPACE), axis=-1)
+
+
+def strip(chars: jax.Array, start, stop):
+  """(start', stop') of chars[start:stop] without leading and trailing
+  whitespace, as Python's `str.strip()`; start' == stop' if all whitespace.
+
+  chars: int32[C] (one row).
+  """
+  idx = jnp.arange(chars.shape[0])
+  inside = (idx >= start) & (idx < stop)
+  text = inside & ~is_space(chars)
+  first = jnp.where(jnp.any(text), jnp.argmax(text), stop)
+  last = jnp.max(jnp.where(text, idx, first - 1))
+  return first, jnp.maximum(last + 1, first)
+
+
 def segment(chars: jax.Array, start, stop, width: int) -> tuple[jax.Array, jax.Array]:
   """chars[start:stop] copied to a fresh buffer of static width (0-padded)."""
   idx = start + jnp.arange(width)

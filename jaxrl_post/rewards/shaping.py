@@ -60,12 +60,22 @@ class OverlongPenalty:
     return r.astype(jnp.float32), {}
 
 
+# The spaces and the number after `Confidence:` must fit in this many characters.
+CONFIDENCE_WIDTH = 12
+
+
 def parse_confidence(chars, n, prefix: str = "Confidence:"):
-  """q after the last `Confidence:` (spaces skipped): digits with at most one
-  '.', at least one digit, value in [0, 1]. Returns (q f32, valid bool)."""
+  """q after the last `Confidence:`: skip spaces, take the run of digits and
+  dots; valid iff it has at most one '.', at least one digit, a value in
+  [0, 1], and the spaces and the run fit in CONFIDENCE_WIDTH characters (a
+  longer one is malformed, never silently cut). Returns (q f32, valid bool).
+
+  chars: int32[C] code points of one completion, n: its length.
+  """
   at = C.find_last(chars, n, prefix)
-  seg, seg_len = C.segment(chars, at + len(prefix), n, 12)
-  idx = jnp.arange(12)
+  w = CONFIDENCE_WIDTH + 1  # one character of lookahead to see a longer run
+  seg, seg_len = C.segment(chars, at + len(prefix), n, w)
+  idx = jnp.arange(w)
   first = jnp.argmin((seg == 32) & (idx < seg_len))
   is_digit = (seg >= 48) & (seg <= 57)
   is_dot = seg == 46
@@ -80,7 +90,8 @@ def parse_confidence(chars, n, prefix: str = "Confidence:"):
   frac_part = jnp.sum(jnp.where(run & is_digit & (idx > dot_pos),
                                 d * 10.0 ** (dot_pos - idx).astype(jnp.float32), 0.0))
   q = int_part + frac_part
-  valid = (at >= 0) & (dots <= 1) & (ndig > 0) & (q <= 1.0)
+  fits = first + jnp.sum(run) <= CONFIDENCE_WIDTH
+  valid = (at >= 0) & (dots <= 1) & (ndig > 0) & (q <= 1.0) & fits
   return jnp.where(valid, q, 0.0), valid
 
 

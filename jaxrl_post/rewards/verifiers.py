@@ -19,15 +19,16 @@ FORMULA_WIDTH = 96
 
 
 def _answer_formula(row, n, prefix="Answer:", width=FORMULA_WIDTH):
-  """The characters after the last prefix up to a newline (and found flag)."""
+  """The characters after the last prefix up to a newline, stripped of
+  surrounding whitespace as the host's `tasks.base.extract_answer` (and a
+  found flag: False without the prefix or when the stripped formula is
+  longer than `width`). Inside the formula the parser skips spaces; any
+  other whitespace there is illegal, on the host too."""
   at = C.find_last(row, n, prefix)
-  start = at + len(prefix)
-  nl = C.find_first(row, n, "\n", start)
-  stop = jnp.where(nl >= 0, nl, n)
+  nl = C.find_first(row, n, "\n", at + len(prefix))
+  start, stop = C.strip(row, at + len(prefix), jnp.where(nl >= 0, nl, n))
   seg, seg_len = C.segment(row, start, stop, width)
   too_long = (stop - start) > width
-  # The host strips surrounding whitespace; spaces are skipped by the parser,
-  # other whitespace (tabs, \r) is illegal in both.
   return seg, seg_len, (at >= 0) & ~too_long
 
 

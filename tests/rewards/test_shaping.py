@@ -36,7 +36,11 @@ def test_overlong_penalty_formula():
                                      ("Confidence: .5", 0.5), ("Confidence: 0", 0.0),
                                      ("Confidence: 1.5", None), ("Confidence: 0.5.1", None),
                                      ("Confidence: ", None), ("nothing", None),
-                                     ("Confidence: 0.2\nConfidence: 0.9", 0.9)])
+                                     ("Confidence: 0.2\nConfidence: 0.9", 0.9),
+                                     # 12 characters after the prefix at most, never cut:
+                                     ("Confidence: 0.123456789", 0.123456789),
+                                     ("Confidence: 0.1234567890123", None),
+                                     ("Confidence:           .5", None)])
 def test_parse_confidence(text, q):
   chars, n = encode_strings([text], 40)
   got, valid = jax.jit(parse_confidence)(jnp.asarray(chars[0]), jnp.asarray(n[0]))

@@ -1,7 +1,7 @@
 """Rewards as jit-compiled pytrees (see `base.py` for the contract)."""
 
 from jaxrl_post.rewards.base import HostReward, WeightedSum, weighted_sum
-from jaxrl_post.rewards.chars import CharTable, token_chars
+from jaxrl_post.rewards.chars import CharTable, completion_width, token_chars
 from jaxrl_post.rewards.shaping import CalibrationReward, FormatReward, OverlongPenalty
 from jaxrl_post.rewards.similarity import (StepSimilarityReward, host_sequence_ratio,
                                            sequence_ratio, step_similarity_reward)

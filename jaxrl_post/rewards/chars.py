@@ -44,6 +44,25 @@ class CharTable:
     return cls(codes, np.asarray([len(p) for p in pieces], np.int32))
 
 
+# The most characters `completion_width` asks a reward to read per completion.
+MAX_COMPLETION_WIDTH = 16384
+
+
+def completion_width(table: CharTable, num_tokens: int,
+                     cap: int = MAX_COMPLETION_WIDTH) -> int:
+  """Characters that hold any completion of `num_tokens` tokens whole:
+  num_tokens x the longest token text (so a reward reads the text the host
+  would decode, never a cut one). Capped at `cap`, with a warning: beyond it
+  a reward sees only the first `cap` characters."""
+  need = int(num_tokens) * max(1, int(table.codes.shape[1]))
+  if need > cap:
+    from absl import logging
+    logging.warning("completions of %d tokens can hold %d characters (longest token: %d); "
+                    "rewards read only the first %d", num_tokens, need,
+                    table.codes.shape[1], cap)
+  return max(1, min(need, cap))
+
+
 def token_chars(tokens: jax.Array, mask: jax.Array, table: CharTable,
                 width: int) -> tuple[jax.Array, jax.Array]:
   """tokens int32[B, T], mask bool[B, T] -> (chars int32[B, width], length int32[B]).

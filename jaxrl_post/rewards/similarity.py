@@ -124,7 +124,9 @@ class StepSimilarityReward:
     return r, {"similarity": jnp.where(ok, ratio, 0.0), "format_ok": ok.astype(jnp.float32)}
 
 
-def step_similarity_reward(examples, table, max_action: int = 64) -> StepSimilarityReward:
+def step_similarity_reward(examples, table, max_action: int = 64,
+                           width: int = 256) -> StepSimilarityReward:
+  """width: characters of each completion read (`chars.completion_width`)."""
   exp, ln = C.encode_strings([e.meta["expert_step"] for e in examples], max_action)
   return StepSimilarityReward(expert=jnp.asarray(exp), expert_len=jnp.asarray(ln), table=table,
-                              max_action=max_action)
+                              max_action=max_action, width=width)

@@ -14,8 +14,9 @@ import numpy as np
 
 from jaxrl_post.rewards import arith
 from jaxrl_post.rewards import chars as C
+from jaxrl_post.tasks.base import MAX_FORMULA_CHARS
 
-FORMULA_WIDTH = 96
+FORMULA_WIDTH = MAX_FORMULA_CHARS  # longer formulas are illegal, on the host too
 
 
 def _answer_formula(row, n, prefix="Answer:", width=FORMULA_WIDTH):
@@ -103,7 +104,7 @@ class Gsm8kReward:
     """Same rule as the host `tasks.gsm8k.parse_final`: after the last `####`,
     skip spaces, take the run of characters in `-0123456789.,`, drop commas."""
     at = C.find_last(chars, n, "####")
-    w = ref.shape[0] + 16
+    w = chars.shape[0]  # the whole rest: any run of spaces, any run of digits and commas
     seg, seg_len = C.segment(chars, at + 4, n, w)
     idx = jnp.arange(w)
     is_space = (seg == 32) & (idx < seg_len)
@@ -125,20 +126,23 @@ class Gsm8kReward:
     return ok.astype(jnp.float32), {"correct": ok.astype(jnp.float32)}
 
 
-def gp24_reward(examples, table, levels=False) -> Gp24Reward:
+def gp24_reward(examples, table, levels=False, width: int = 256) -> Gp24Reward:
+  """width: characters of each completion read (`chars.completion_width`)."""
   return Gp24Reward(values=jnp.asarray(np.array([e.meta["values"] for e in examples], np.int32)),
-                    table=table, levels=levels)
+                    table=table, levels=levels, width=width)
 
 
-def countdown_reward(examples, table) -> CountdownReward:
+def countdown_reward(examples, table, width: int = 256) -> CountdownReward:
   nums = np.full((len(examples), 4), -1, np.int32)
   for i, e in enumerate(examples):
     nums[i, :len(e.meta["numbers"])] = e.meta["numbers"]
   return CountdownReward(numbers=jnp.asarray(nums),
                          target=jnp.asarray([e.meta["target"] for e in examples], jnp.int32),
-                         table=table)
+                         table=table, width=width)
 
 
-def gsm8k_reward(examples, table, width: int = 24) -> Gsm8kReward:
-  ref, ln = C.encode_strings([e.meta["answer"] for e in examples], width)
-  return Gsm8kReward(answer=jnp.asarray(ref), answer_len=jnp.asarray(ln), table=table)
+def gsm8k_reward(examples, table, answer_width: int = 24, width: int = 512) -> Gsm8kReward:
+  """answer_width: characters kept of each reference answer."""
+  ref, ln = C.encode_strings([e.meta["answer"] for e in examples], answer_width)
+  return Gsm8kReward(answer=jnp.asarray(ref), answer_len=jnp.asarray(ln), table=table,
+                     width=width)

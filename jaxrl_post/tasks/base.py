@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 ANSWER_PREFIX = "Answer:"
 FORMULA_CHARS = set("0123456789+-*/() ")
+# A longer formula is illegal (the JAX verifiers read this many characters).
+MAX_FORMULA_CHARS = 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +59,13 @@ def evaluate_formula(formula: str, max_digits: int = 4) -> tuple[Fraction, list[
   """Exact value of an infix formula and the integer literals it uses.
 
   Grammar: expr := term (('+'|'-') term)*; term := factor (('*'|'/') factor)*;
-  factor := INT | '(' expr ')'. No unary minus. Raises FormulaError.
+  factor := INT | '(' expr ')'. No unary minus; at most MAX_FORMULA_CHARS
+  characters. Raises FormulaError.
   """
   if not formula or set(formula) - FORMULA_CHARS:
     raise FormulaError(f"illegal characters in {formula!r}")
+  if len(formula) > MAX_FORMULA_CHARS:
+    raise FormulaError(f"formula of {len(formula)} characters (at most {MAX_FORMULA_CHARS})")
   toks = _tokens(formula)
   pos = 0
   numbers: list[int] = []

@@ -15,23 +15,28 @@ from jaxrl_post.tasks import steps as steps_lib
 
 
 def task_reward_builder(ctx, table):
-  """examples -> reward pytree for outcome-reward RL on ctx.task."""
+  """examples -> reward pytree for outcome-reward RL on ctx.task.
+
+  Every text reward reads the whole completion: its character width is
+  `completion_width(table, max_new_tokens)`.
+  """
   hp = ctx.hp.rl
   name = ctx.hp.task
+  width = R.completion_width(table, hp.max_new_tokens)
 
   def verifier(examples):
     if name == "gp24":
-      return R.gp24_reward(examples, table, levels=hp.reward == "levels")
+      return R.gp24_reward(examples, table, levels=hp.reward == "levels", width=width)
     if name == "countdown":
-      return R.countdown_reward(examples, table)
+      return R.countdown_reward(examples, table, width=width)
     if name == "gsm8k":
-      return R.gsm8k_reward(examples, table)
+      return R.gsm8k_reward(examples, table, width=width)
     raise ValueError(f"no outcome reward for task {name!r}")
 
   def build(examples):
     main = verifier(examples)
     if hp.reward == "rlcr":
-      main = R.CalibrationReward(verifier=main, table=table)
+      main = R.CalibrationReward(verifier=main, table=table, width=width)
     terms = {"task": (main, 1.0)}
     if hp.overlong_buffer:
       terms["overlong"] = (R.OverlongPenalty(max_len=hp.max_new_tokens,
@@ -54,9 +59,11 @@ def make_source(ctx):
   if hp.trainer == "srl":
     examples = [inst for e in problems for inst in steps_lib.step_instances(e)]
     max_action = max(8, max(len(e.meta["expert_step"]) for e in examples) * 2)
+    width = R.completion_width(table, hp.rl.max_new_tokens)
 
     def build(batch_examples):
-      return R.weighted_sum(step=(R.step_similarity_reward(batch_examples, table, max_action), 1.0))
+      return R.weighted_sum(step=(R.step_similarity_reward(batch_examples, table, max_action,
+                                                           width=width), 1.0))
   else:
     examples = problems
     build = task_reward_builder(ctx, table)

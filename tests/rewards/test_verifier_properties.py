@@ -143,12 +143,14 @@ def test_gp24_agrees_with_host_on_thousands_of_generated_formulas():
     hand = rng.choice(HANDS)
     f = random_formula(rng, hand)
     sol = rng.choice(solver.solve(tuple(sorted(hand))))[0]
+    long = f"Answer: {'(' * 45}{sol}{')' * 45}"  # legal, but over MAX_FORMULA_CHARS
     for text in (f"Answer: {f}", f"step\nAnswer: {mutate(rng, f)}", mutate(rng, f"Answer: {f}"),
-                 f"Answer: {sol}", f"Answer:\t{sol} \r", mutate(rng, f"Answer: {sol}")):
+                 f"Answer: {sol}", f"Answer:\t{sol} \r", mutate(rng, f"Answer: {sol}"),
+                 long[:rng.randint(len(long) - 12, len(long))]):
       hands.append(hand)
       texts.append(text)
   want = _check_gp24(hands, texts)
-  assert len(texts) >= 3000 and want.sum() > 1000 and (want == 0).sum() > 1000
+  assert len(texts) >= 3500 and want.sum() > 1000 and (want == 0).sum() > 1000
 
 
 @PROPS
@@ -227,12 +229,13 @@ def test_gsm8k_agrees_with_host_on_thousands_of_completions():
     a = e.meta["answer"]
     with_commas = f"{int(a):,}" if re.fullmatch(r"-?\d+", a) else a
     variants = (e.completion, f"#### {with_commas}", f"x\n####{a}.", f"#### {a} dollars",
-                f"#### {a}\n#### {a}1", mutate(rng, f"so\n#### {a}"), f"####  -{a}")
+                f"#### {a}\n#### {a}1", mutate(rng, f"so\n#### {a}"), f"####  -{a}",
+                f"####{' ' * rng.randint(20, 80)}{a}", f"#### {a}{',' * rng.randint(20, 60)}5")
     for text in variants:
       answers.append(a)
       texts.append(text[-WIDTH:])
   want = _check_gsm8k(answers, texts)
-  assert len(texts) >= 2000 and want.sum() > 800 and (~want).sum() > 400
+  assert len(texts) >= 3000 and want.sum() > 1000 and (~want).sum() > 1000
 
 
 GSM_PIECES = st.sampled_from(list("0123456789-., \n\tab$") + ["####", "#### ", "1,000", "é"])

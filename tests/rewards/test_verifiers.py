@@ -130,3 +130,41 @@ def test_weighted_sum_jit_and_vmap_over_groups():
   grouped = jax.tree.map(lambda x: x.reshape(2, 2, *x.shape[1:]), total)
   rg, _ = jax.vmap(lambda rw, t, m: rw(t, m))(grouped, tokens.reshape(2, 2, -1), mask.reshape(2, 2, -1))
   np.testing.assert_allclose(np.asarray(rg).reshape(-1), np.asarray(r))
+
+
+class _LongPieceTokenizer:
+  """The char tokenizer plus one token whose text is 10 characters (as BPE
+  tokens can be): a completion of N tokens holds up to 10 N characters."""
+
+  vocab_size = TOK.vocab_size + 1
+  long_id = TOK.vocab_size
+
+  def piece_text(self, i):
+    return "blah blah " if i == self.long_id else TOK.piece_text(i)
+
+
+def test_completion_width_holds_any_completion_whole():
+  assert R.completion_width(TABLE, 64) == 64  # one character per char token
+  long_table = R.CharTable.from_tokenizer(_LongPieceTokenizer())
+  assert R.completion_width(long_table, 64) == 640
+  assert R.completion_width(long_table, 64, cap=300) == 300  # capped (and logged)
+
+
+def test_rl_rewards_read_the_whole_completion_of_long_tokens():
+  """Regression: the task rewards read a fixed 256 characters, so an answer
+  after 256 characters of long tokens scored 0 although the host says 1."""
+  from types import SimpleNamespace
+
+  from jaxrl_post.trainers.rl_data import task_reward_builder
+  tok = _LongPieceTokenizer()
+  table = R.CharTable.from_tokenizer(tok)
+  ids = [tok.long_id] * 40 + TOK.encode("\nAnswer: (1+2+3)*4\nConfidence: 0.9")
+  text = "".join(tok.piece_text(i) for i in ids)
+  assert len(text) > 256 and gp24.verify_values((1, 2, 3, 4), text)
+  example = SimpleNamespace(meta={"values": (1, 2, 3, 4)})
+  tokens, mask = jnp.asarray([ids], jnp.int32), jnp.ones((1, len(ids)), bool)
+  for kind, want in (("binary", 1.0), ("rlcr", 1.0 - 0.1 ** 2)):
+    ctx = SimpleNamespace(hp=SimpleNamespace(task="gp24", rl=SimpleNamespace(
+        reward=kind, max_new_tokens=len(ids), overlong_buffer=0)))
+    r, _ = _call(task_reward_builder(ctx, table)([example]), tokens, mask)
+    np.testing.assert_allclose(np.asarray(r), [want], rtol=1e-6)

@@ -468,7 +468,8 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   tokens, mask = S.pad_prompts(ids, 0, length=32)
   table = R.CharTable.from_tokenizer(tok, cfg.vocab_size)
   batch = {"prompt_tokens": tokens, "prompt_mask": mask,
-           "reward": R.weighted_sum(task=(R.gp24_reward(ex, table), 1.0))}
+           "reward": R.weighted_sum(task=(R.gp24_reward(
+               ex, table, width=R.completion_width(table, new_tokens)), 1.0))}
   holder = {"state": state}
 
   def once():

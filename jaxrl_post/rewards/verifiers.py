@@ -104,7 +104,8 @@ class Gsm8kReward:
     """Same rule as the host `tasks.gsm8k.parse_final`: after the last `####`,
     skip spaces, take the run of characters in `-0123456789.,`, drop commas."""
     at = C.find_last(chars, n, "####")
-    w = chars.shape[0]  # the whole rest: any run of spaces, any run of digits and commas
+    # The whole rest (any run of spaces, digits and commas), and at least the reference.
+    w = max(chars.shape[0], ref.shape[0])
     seg, seg_len = C.segment(chars, at + 4, n, w)
     idx = jnp.arange(w)
     is_space = (seg == 32) & (idx < seg_len)

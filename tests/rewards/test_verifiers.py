@@ -99,6 +99,10 @@ def test_gsm8k_agrees_with_host():
   got, _ = _call(reward, tokens, mask)
   want = [gsm8k.parse_final(s) == a for s, a in zip(texts, answers)]
   np.testing.assert_array_equal(np.asarray(got), np.array(want, np.float32))
+  # A completion width below the reference width (a short max_new_tokens) still works.
+  short = R.gsm8k_reward([type("E", (), {"meta": {"answer": "18"}})()] * 2, TABLE, width=8)
+  got, _ = _call(short, *_batch(["#### 18", "#### 19"]))
+  np.testing.assert_array_equal(np.asarray(got), [1.0, 0.0])
 
 
 @settings(max_examples=40, deadline=None)

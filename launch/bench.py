@@ -33,7 +33,7 @@ Every figure is measured in this run, on the machine it reports:
   `mfu` = model_flops / step_sec / peak. `floor_sec` is the step's dense
   matmuls alone at this machine's measured rates (the decode's at
   `floor_ms_per_step` of its shape, prefill and update at the matmul peak):
-  no step of this work runs faster here. `goal_sec` = trl_step_sec / 3
+  a lower bound of this work's step on this machine. `goal_sec` = trl_step_sec / 3
   (DESIGN.md section 4).
 
 `--quick` runs the `nano` preset at tiny shapes in seconds (for the tests).

@@ -124,20 +124,17 @@ def find_first(chars: jax.Array, length: jax.Array, pattern: str, start=0) -> ja
 _WHITESPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], np.int32)
 
 
-def is_space(chars: jax.Array) -> jax.Array:
-  """bool, elementwise: the code point is whitespace in Python's sense."""
-  return jnp.any(chars[..., None] == jnp.asarray(_WHITESPACE), axis=-1)
-
-
-def strip(chars: jax.Array, start, stop):
+def strip(chars: jax.Array, start, stop, strip_chars: str | None = None):
   """(start', stop') of chars[start:stop] without leading and trailing
-  whitespace, as Python's `str.strip()`; start' == stop' if all whitespace.
+  `strip_chars` (default: whitespace), as Python's `str.strip(strip_chars)`;
+  start' == stop' if nothing else is left.
 
   chars: int32[C] (one row).
   """
+  codes = _WHITESPACE if strip_chars is None else np.array([ord(c) for c in strip_chars])
   idx = jnp.arange(chars.shape[0])
   inside = (idx >= start) & (idx < stop)
-  text = inside & ~is_space(chars)
+  text = inside & ~jnp.any(chars[:, None] == jnp.asarray(codes, jnp.int32), axis=-1)
   first = jnp.where(jnp.any(text), jnp.argmax(text), stop)
   last = jnp.max(jnp.where(text, idx, first - 1))
   return first, jnp.maximum(last + 1, first)

@@ -78,18 +78,6 @@ def host_sequence_ratio(a: str, b: str, autojunk: bool = False) -> float:
   return difflib.SequenceMatcher(None, a, b, autojunk=autojunk).ratio()
 
 
-def _trim_newlines(chars, start, stop):
-  """Moves start/stop inward past newlines (as str.strip('\\n'))."""
-  w = chars.shape[0]
-  idx = jnp.arange(w)
-  nl = (chars == 10) & (idx >= start) & (idx < stop)
-  keep = ~nl & (idx >= start) & (idx < stop)
-  any_keep = jnp.any(keep)
-  first = jnp.where(any_keep, jnp.argmax(keep), stop)
-  last = jnp.where(any_keep, w - 1 - jnp.argmax(keep[::-1]), stop - 1)
-  return first, last + 1
-
-
 @flax.struct.dataclass
 class StepSimilarityReward:
   """SRL: ratio(action, expert step) on characters; format failure -> -1.
@@ -110,7 +98,7 @@ class StepSimilarityReward:
     open_at = C.find_first(chars, n, "<think>")
     close_at = C.find_first(chars, n, "</think>")
     ok = (open_at >= 0) & (close_at >= 0) & (open_at < close_at)
-    start, stop = _trim_newlines(chars, close_at + 8, n)
+    start, stop = C.strip(chars, close_at + 8, n, "\n")
     seg, seg_len = C.segment(chars, start, stop, self.max_action)
     length = stop - start
     ok = ok & (length > 0) & (length <= self.max_action)

@@ -84,8 +84,11 @@ def _restoration(restore, figures):
   from jaxrl_post.model import loading
   if len(_RUNS.value) != 1:
     raise app.UsageError("--restore needs exactly one --runs target")
-  cfg, tok, p_ref, _ = loading.load_model(_REF.value)
-  _, _, p_tgt, _ = loading.load_model(_RUNS.value[0])
+  try:
+    cfg, tok, p_ref, _ = loading.load_model(_REF.value)
+    _, _, p_tgt, _ = loading.load_model(_RUNS.value[0])
+  except loading.ModelSpecError as e:
+    raise app.UsageError(f"--ref / --runs: {e}") from e
   path = loading.split_step(_REF.value)[0]
   with open(os.path.join(path, "config.json")) as f:
     run_cfg = json.load(f)

@@ -63,7 +63,10 @@ def main(argv):
   from jaxrl_post import sampling as S
   from jaxrl_post.model import loading
 
-  cfg, tok, params, desc = loading.load_model(_INIT.value, seed=_SEED.value)
+  try:
+    cfg, tok, params, desc = loading.load_model(_INIT.value, seed=_SEED.value)
+  except loading.ModelSpecError as e:
+    raise app.UsageError(f"--init_from: {e}") from e
   text = _PROMPT.value
   if _CHAT.value:
     from jaxrl_post.model import hf

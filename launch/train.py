@@ -20,9 +20,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.init_runtime()
   from jaxrl_post.hparams import from_config
+  from jaxrl_post.model.loading import ModelSpecError
   from jaxrl_post.trainers import run_trainer
   hp = from_config(_CONFIG.value)  # validates before anything compiles
-  final = run_trainer(hp, _WORKDIR.value, _CONFIG.value.to_dict())
+  try:
+    final = run_trainer(hp, _WORKDIR.value, _CONFIG.value.to_dict())
+  except ModelSpecError as e:  # raised before the first step: nothing to lose
+    raise app.UsageError(f"--config.init_from={hp.init_from}: {e}") from e
   logging.info("done: %s", final)
 
 

@@ -58,6 +58,16 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
   assert not os.path.exists(f"{tmp_path}/x/checkpoints")
 
 
+def test_a_missing_init_from_is_a_usage_error(tmp_path):
+  p = _run("launch.train", "--config=configs/gp24_grpo.py:quick", f"--workdir={tmp_path}/x",
+           f"--config.init_from={tmp_path}/missing", check=False)
+  assert p.returncode != 0 and "--config.init_from" in p.stderr and "does not exist" in p.stderr
+  assert "Traceback" not in p.stderr
+  p = _run("launch.sample", f"--init_from={tmp_path}", "--prompt=hi", check=False)
+  assert p.returncode != 0 and "not a jaxrl_post workdir" in p.stderr
+  assert "Traceback" not in p.stderr
+
+
 def test_evaluate_writes_the_contract(workdir):
   out = _run("launch.evaluate", f"--workdir={workdir}", "--split=id,ood", "--num_samples=4",
              "--k=1,4", "--num_problems=3", "--max_new_tokens=8").stdout.strip().splitlines()[-1]

@@ -20,6 +20,10 @@ from jaxrl_post.model.config import ModelConfig, get_preset
 from jaxrl_post.model.transformer import init_params
 
 
+class ModelSpecError(FileNotFoundError):
+  """A model spec that names nothing loadable (the launch tools turn it into a usage error)."""
+
+
 def split_step(spec: str) -> tuple[str, int | None]:
   """`path[:step]` -> (path, step or None)."""
   if ":" in spec and spec.rsplit(":", 1)[1].isdigit():
@@ -36,7 +40,7 @@ def load_workdir(workdir: str, step: int | None = None):
   """(cfg, tokenizer, params, step) of a jaxrl_post run's snapshot."""
   from jaxrl_post import checkpoint, tokenizers
   if not is_workdir(workdir):
-    raise FileNotFoundError(f"{workdir}: no model_config.json (not a jaxrl_post workdir)")
+    raise ModelSpecError(f"{workdir}: no model_config.json (not a jaxrl_post workdir)")
   with open(os.path.join(workdir, "model_config.json")) as f:
     cfg = ModelConfig.from_dict(json.load(f))
   tokenizer = tokenizers.load_tokenizer(os.path.join(workdir, "tokenizer"))
@@ -53,6 +57,8 @@ def load_model(spec: str, *, seed: int = 0):
     cfg = cfg.replace(vocab_size=max(cfg.vocab_size, tok.vocab_size))
     return cfg, tok, init_params(cfg, jax.random.key(seed)), f"random {spec}"
   path, step = split_step(spec)
+  if not os.path.exists(path):
+    raise ModelSpecError(f"cannot load {spec!r}: {path} does not exist")
   if path.endswith(".gguf"):
     from jaxrl_post.model import gguf
     params, cfg, tok = gguf.import_gguf(path)
@@ -65,5 +71,5 @@ def load_model(spec: str, *, seed: int = 0):
   if is_workdir(path):
     cfg, tok, params, got = load_workdir(path, step)
     return cfg, tok, params, f"{path} step {got}"
-  raise FileNotFoundError(
+  raise ModelSpecError(
       f"cannot load {spec!r}: not a jaxrl_post workdir, HF directory, .gguf file or preset:<name>")

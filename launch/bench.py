@@ -42,6 +42,7 @@ runs only those sections; the others' lists stay empty and are named under
 `"skipped"`. The measured ceilings are always written.
 
   python -m launch.bench --out=B.json --only=grpo   # the GRPO row vs TRL
+  python -m launch.bench --out=B.json --only=grpo --grpo_shapes=tiny:8x4x32,small:8x8x128
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per rollout row; ti
                      "steps of the GRPO row (each side, after 2 warmup steps).")
 flags.DEFINE_bool("hf", True, "Compare against transformers.generate if installed.")
 flags.DEFINE_list("presets", ["tiny", "small"], "Rollout presets (ignored with --quick).")
+flags.DEFINE_list("grpo_shapes", ["tiny:8x4x32"],
+                  "GRPO rows as preset:PROMPTSxSAMPLESxNEW_TOKENS (prompt 32; the first is "
+                  "DESIGN.md's goal shape; more rows show how the ratio moves with the shape; "
+                  "ignored with --quick).")
 flags.DEFINE_bool("trl", True, "Compare the GRPO step against TRL's GRPOTrainer if installed.")
 flags.DEFINE_list("only", [], "Run only these sections (any of: " + ",".join(SECTIONS) + "); "
                   "default all. Skipped sections are listed under \"skipped\" in the JSON.")
@@ -540,8 +545,25 @@ def similarity_row(pairs: int, length: int, reps: int, decode_tps: float | None)
   return row
 
 
+GrpoShape = tuple[str, int, int, int]  # (preset, prompts, samples, new_tokens)
+DEFAULT_GRPO_SHAPES: tuple[GrpoShape, ...] = (("tiny", 8, 4, 32),)
+
+
+def parse_grpo_shape(spec: str) -> GrpoShape:
+  """`tiny:8x4x32` -> ("tiny", 8, 4, 32); ValueError naming the spec otherwise."""
+  from jaxrl_post.model import PRESETS
+  preset, _, dims = spec.partition(":")
+  parts = dims.split("x")
+  if preset not in PRESETS or len(parts) != 3 or not all(p.isdigit() and int(p) > 0
+                                                          for p in parts):
+    raise ValueError(f"grpo shape {spec!r}: want preset:PROMPTSxSAMPLESxNEW_TOKENS with a "
+                     f"preset in {sorted(PRESETS)} and positive integers, e.g. tiny:8x4x32")
+  return (preset, *map(int, parts))
+
+
 def run(out: str, quick: bool, rounds: int, use_hf: bool, presets, use_trl: bool = True,
-        only: tuple[str, ...] = ()) -> dict:
+        only: tuple[str, ...] = (),
+        grpo_shapes: tuple[GrpoShape, ...] = DEFAULT_GRPO_SHAPES) -> dict:
   """Runs the benchmarks (all sections, or those in `only`) and writes `out`."""
   import jax
   sections = set(only or SECTIONS)
@@ -570,8 +592,9 @@ def run(out: str, quick: bool, rounds: int, use_hf: bool, presets, use_trl: bool
   if "grpo" in sections:
     # GRPO step, and TRL's GRPOTrainer on the same work when installed.
     peak = result["matmul_peak_gflops"]
-    result["grpo"] = [grpo_row("nano", 2, 2, 8, 2, peak, use_trl=use_trl, warmup=1) if quick
-                      else grpo_row("tiny", 8, 4, 32, rounds, peak, use_trl=use_trl, warmup=2)]
+    result["grpo"] = ([grpo_row("nano", 2, 2, 8, 2, peak, use_trl=use_trl, warmup=1)] if quick
+                      else [grpo_row(*shape, rounds, peak, use_trl=use_trl, warmup=2)
+                            for shape in grpo_shapes])
   if "similarity" in sections:
     # SRL similarity reward vs the decode that produced its inputs (batch-32 row).
     dec = [r for r in result["rollout"] if r.get("temperature", 1.0) > 0]
@@ -593,8 +616,12 @@ def main(argv):
   bad = [s for s in FLAGS.only if s not in SECTIONS]
   if bad:
     raise app.UsageError(f"--only: unknown sections {bad}; known: {list(SECTIONS)}")
+  try:
+    shapes = tuple(parse_grpo_shape(s) for s in FLAGS.grpo_shapes)
+  except ValueError as e:
+    raise app.UsageError(f"--grpo_shapes: {e}") from e
   run(FLAGS.out, FLAGS.quick, FLAGS.rounds, FLAGS.hf, FLAGS.presets, FLAGS.trl,
-      tuple(FLAGS.only))
+      tuple(FLAGS.only), shapes)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,17 @@ def test_only_rejects_unknown_sections(tmp_path):
                        text=True, timeout=120)
   assert out.returncode != 0 and "bogus" in out.stderr
   assert not (tmp_path / "B.json").exists()
+
+
+def test_grpo_shapes_parse_and_reject_bad_specs(tmp_path):
+  from launch import bench
+  assert bench.parse_grpo_shape("tiny:8x4x32") == ("tiny", 8, 4, 32)
+  assert bench.DEFAULT_GRPO_SHAPES == (("tiny", 8, 4, 32),)  # DESIGN.md section 4's shape
+  for bad in ("tiny:8x4", "huge:8x4x32", "tiny:8x0x32", "tiny:8x4x-1", "tiny"):
+    with pytest.raises(ValueError, match="preset:PROMPTSxSAMPLESxNEW_TOKENS"):
+      bench.parse_grpo_shape(bad)
+  out = subprocess.run([sys.executable, "-m", "launch.bench", "--only=grpo",
+                        "--grpo_shapes=tiny:8x4x32,tiny:8x4", f"--out={tmp_path / 'B.json'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "--grpo_shapes" in out.stderr and "'tiny:8x4'" in out.stderr
+  assert not (tmp_path / "B.json").exists()

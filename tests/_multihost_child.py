@@ -7,9 +7,11 @@ the gathered results from process 0. Used by test_multihost.py.
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import _env  # noqa: E402  (no JAX import)
+
+os.environ["XLA_FLAGS"] = _env.xla_flags(device_count=4)
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

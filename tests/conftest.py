@@ -1,18 +1,19 @@
-"""Test setup: an 8-device CPU platform, set before JAX is imported anywhere."""
+"""Test setup: an 8-device CPU platform with fast compiles, set before JAX is imported anywhere."""
 
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-# The repository root (for `launch` and `configs`) on the path for every test.
+# The repository root (for `launch`, `configs` and `tests`) on the path for every test.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+from tests import _env  # noqa: E402  (no JAX import)
+
+# Eight host devices, and fast compiles (tests/_env.py says why).
+os.environ["XLA_FLAGS"] = _env.xla_flags(device_count=8)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
+from tests import _env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+ENV = _env.subprocess_env()
 
 
 def _run(*args, check=True):

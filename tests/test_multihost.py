@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests import _env
 from tests._multihost_common import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ def test_two_processes_match_one_process(tmp_path):
   logits, losses = run()
   port = str(_free_port())
   out = str(tmp_path / "mh.npz")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = _env.subprocess_env()  # each child sets its own 4 devices
   procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "_multihost_child.py"),
                              str(i), port, out], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]

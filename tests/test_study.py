@@ -9,13 +9,15 @@ import sys
 
 import pytest
 
+from tests import _env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
 def test_quick_study_report(tmp_path):
   w = str(tmp_path / "study")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = _env.subprocess_env()
   # A relative --workdir, as in the README's command (Orbax reads failed on one).
   p = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={os.path.relpath(w, ROOT)}",
                       "--config=configs/study.py:quick"], cwd=ROOT, env=env, capture_output=True,
@@ -87,7 +89,7 @@ def test_a_study_without_a_confidence_source_fails_before_any_stage(tmp_path):
   p = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={tmp_path}/cli",
                       "--config=configs/study.py:quick",
                       "--config.sft.task_options.confidence_fraction=0.0"], cwd=ROOT,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
+                     env=_env.subprocess_env(),
                      capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and "conf_sft_steps > 0" in p.stderr
   assert not (tmp_path / "cli").exists()

@@ -19,6 +19,8 @@ from jaxrl_post.model import gguf as G
 from jaxrl_post.model import hf
 from jaxrl_post.tokenizers.bpe import bytes_to_unicode
 
+from tests import _env
+
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "hf")
 Q = gguf.GGMLQuantizationType
 
@@ -547,7 +549,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _launch(tool, *flags):
   import subprocess
   import sys
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = _env.subprocess_env()
   return subprocess.run([sys.executable, "-m", f"launch.{tool}", *flags], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 

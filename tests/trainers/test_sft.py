@@ -21,6 +21,8 @@ from jaxrl_post.trainers import loop, sft
 from jaxrl_post.trainers import state as S
 from jaxrl_post.testing import mesh_of, nano_config
 
+from tests import _env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -118,7 +120,7 @@ def _rows(workdir):
 
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_metrics(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = _env.subprocess_env()
   full = str(tmp_path / "full")
   subprocess.run(_train_cmd(full), cwd=ROOT, env=env, check=True, capture_output=True)
   killed = str(tmp_path / "killed")

@@ -61,6 +61,8 @@ from absl import app, flags
 from launch import bench_peers
 
 SECTIONS = ("rollout", "train", "grpo", "similarity")  # --only choices
+GrpoShape = tuple[str, int, int, int]  # (preset, prompts, samples, new_tokens)
+DEFAULT_GRPO_SHAPES: tuple[GrpoShape, ...] = (("tiny", 8, 4, 32),)  # DESIGN.md section 4
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Path of the JSON file to write.", required=True)
@@ -69,7 +71,7 @@ flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per rollout row; ti
                      "steps of the GRPO row (each side, after 2 warmup steps).")
 flags.DEFINE_bool("hf", True, "Compare against transformers.generate if installed.")
 flags.DEFINE_list("presets", ["tiny", "small"], "Rollout presets (ignored with --quick).")
-flags.DEFINE_list("grpo_shapes", ["tiny:8x4x32"],
+flags.DEFINE_list("grpo_shapes", [f"{p}:{a}x{b}x{c}" for p, a, b, c in DEFAULT_GRPO_SHAPES],
                   "GRPO rows as preset:PROMPTSxSAMPLESxNEW_TOKENS (prompt 32; the first is "
                   "DESIGN.md's goal shape; more rows show how the ratio moves with the shape; "
                   "ignored with --quick).")
@@ -543,10 +545,6 @@ def similarity_row(pairs: int, length: int, reps: int, decode_tps: float | None)
          "decode_sec_same_tokens": pairs * length / decode_tps if decode_tps else None}
   print(json.dumps(row), flush=True)
   return row
-
-
-GrpoShape = tuple[str, int, int, int]  # (preset, prompts, samples, new_tokens)
-DEFAULT_GRPO_SHAPES: tuple[GrpoShape, ...] = (("tiny", 8, 4, 32),)
 
 
 def parse_grpo_shape(spec: str) -> GrpoShape:

@@ -19,12 +19,11 @@ COMPILE_FAST = "--xla_backend_optimization_level=0"
 _DEVICES = "--xla_force_host_platform_device_count"
 
 
-def xla_flags(device_count: int | None = None, flags: str | None = None) -> str:
-  """`flags` (default $XLA_FLAGS) without a host device count, plus `device_count`
-  host devices (None: XLA's default, one) and COMPILE_FAST unless the flags
-  already choose an optimisation level."""
-  kept = [f for f in (os.environ.get("XLA_FLAGS", "") if flags is None else flags).split()
-          if not f.startswith(_DEVICES)]
+def xla_flags(device_count: int | None = None) -> str:
+  """$XLA_FLAGS without a host device count, plus `device_count` host devices
+  (None: XLA's default, one) and COMPILE_FAST unless the flags already choose
+  an optimisation level."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICES)]
   if not any(f.startswith("--xla_backend_optimization_level") for f in kept):
     kept.append(COMPILE_FAST)
   if device_count is not None:

@@ -37,6 +37,11 @@ from jaxrl_post.model.transformer import StepWeights, step_forward, step_weights
 
 _NEG_INF = -1e30
 
+# Automatic decode phases (SamplingConfig.decode_phases = 0): one per this
+# many new tokens, at most _MAX_AUTO_PHASES (see `phase_sizes`).
+_AUTO_PHASE_TOKENS = 32
+_MAX_AUTO_PHASES = 4
+
 DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024,
                    1536, 2048, 3072, 4096, 8192)
 
@@ -52,6 +57,8 @@ class SamplingConfig:
     pad_id: written after a row has stopped.
     block_ids: token ids that are never sampled (e.g. to force full-length
       rows in benchmarks).
+    decode_phases: the decode runs as this many loops over caches of growing
+      static size (`phase_sizes`); 0 = one phase per 32 new tokens, at most 4.
   """
 
   max_new_tokens: int
@@ -59,12 +66,22 @@ class SamplingConfig:
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
   block_ids: tuple[int, ...] = ()
+  decode_phases: int = 0
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
       raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens} must be > 0")
     if self.top_k < 0:
       raise ValueError(f"SamplingConfig.top_k={self.top_k} must be >= 0")
+    if self.decode_phases < 0:
+      raise ValueError(f"SamplingConfig.decode_phases={self.decode_phases} must be >= 0")
+
+  @property
+  def num_phases(self) -> int:
+    """Phases of the decode loop (`decode_phases`, or its automatic value)."""
+    if self.decode_phases:
+      return min(self.decode_phases, self.max_new_tokens)
+    return max(1, min(_MAX_AUTO_PHASES, self.max_new_tokens // _AUTO_PHASE_TOKENS))
 
 
 @flax.struct.dataclass
@@ -309,6 +326,38 @@ def _decode_step(w: StepWeights, cfg: ModelConfig, sc: SamplingConfig,
                    cache=KVCache(k=ks, v=vs, valid=valid))
 
 
+def phase_sizes(cache_size: int, new_tokens: int, phases: int) -> tuple[int, ...]:
+  """Static cache sizes S_1 < ... < S_K = cache_size of the K decode phases.
+
+  The last `new_tokens` slots (the completion's) are split into K equal
+  parts; phase k decodes while the slot being written is < S_k, over the
+  cache's first S_k slots only. A decode step reads its whole (static-shape)
+  cache, and at these lengths that read is what a step costs (the KV reads
+  run at the machine's memory bandwidth), so a phased decode reads
+  N * P + N^2 (K + 1) / 2K slots instead of N * (P + N), for K - 1 growing
+  copies of the cache.
+  """
+  base = cache_size - new_tokens
+  sizes = [max(1, base + -(-new_tokens * k // phases)) for k in range(1, phases + 1)]
+  return tuple(sorted(set(sizes)))
+
+
+def _slice_cache(c: KVCache, size: int) -> KVCache:
+  """The first `size` slots of a per-layer (tuple) cache."""
+  return KVCache(k=tuple(k[:, :, :size] for k in c.k), v=tuple(v[..., :size] for v in c.v),
+                 valid=c.valid[:, :size])
+
+
+def _grow_cache(small: KVCache, full: KVCache) -> KVCache:
+  """`small` (the first S_k slots) followed by `full`'s slots S_k .. S_{k+1}."""
+  lo = small.size
+  hi = full.size
+  return KVCache(
+      k=tuple(jnp.concatenate([a, b[:, :, lo:hi]], axis=2) for a, b in zip(small.k, full.k)),
+      v=tuple(jnp.concatenate([a, b[..., lo:hi]], axis=3) for a, b in zip(small.v, full.v)),
+      valid=jnp.concatenate([small.valid, full.valid[:, lo:hi]], axis=1))
+
+
 def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
            state: DecodeState) -> DecodeState:
   """Decodes until every row stopped or the buffer of N tokens is full.
@@ -316,6 +365,16 @@ def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
   Inside the loop the cache is split into per-layer buffers and the weights
   are fused once (`step_weights`), so each step runs `step_forward` with no
   per-layer slicing copies; the stacked cache is rebuilt at the end.
+
+  The loop runs in `sc.num_phases` phases over caches of growing static size
+  (`phase_sizes`): each is a `while_loop` over only the slots written so far
+  plus the phase's own, so early steps do not read the empty end of the
+  cache. The same tokens and, up to float rounding (1e-6), the same
+  log-probs as one loop over the full cache: a slot beyond the one being
+  written is masked and adds exp(-1e30 - max) = 0 to the softmax. Measured
+  (rollout alone, every row 128 new tokens): `tiny` 8 x 4 1.79 -> 1.54 s,
+  `small` 8 x 8 8.9 -> 7.0 s with 4 phases; at 32 new tokens phases do not
+  pay (hence one per 32 tokens), and each phase compiles its own loop body.
   """
   n = sc.max_new_tokens
   b, v_size = state.logits.shape
@@ -327,16 +386,21 @@ def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
     noise_fn = lambda s: jax.random.gumbel(jax.random.fold_in(s.rng, s.step),
                                            (b, v_size), jnp.float32)
 
-  def cond(s):
-    return (s.step < n) & ~jnp.all(s.done)
-
   c = state.cache
   layers = range(cfg.num_layers)
-  split = state.replace(cache=KVCache(k=tuple(c.k[l] for l in layers),
-                                      v=tuple(c.v[l] for l in layers),
-                                      valid=c.valid))
+  full = KVCache(k=tuple(c.k[l] for l in layers), v=tuple(c.v[l] for l in layers),
+                 valid=c.valid)
   body = functools.partial(_decode_step, w, cfg, sc, sp, noise_fn)
-  out = jax.lax.while_loop(cond, body, split)
+  sizes = phase_sizes(c.size, n, sc.num_phases)
+  out = state.replace(cache=_slice_cache(full, sizes[0]) if len(sizes) > 1 else full)
+  for i, size in enumerate(sizes):
+    if i:
+      out = out.replace(cache=_grow_cache(out.cache, _slice_cache(full, size)))
+
+    def cond(s, size=size):
+      return (s.step < n) & ~jnp.all(s.done) & (s.prompt_slots + s.step < size)
+
+    out = jax.lax.while_loop(cond, body, out)
   c = out.cache
   return out.replace(cache=KVCache(k=jnp.stack(c.k), v=jnp.stack(c.v), valid=c.valid))
 

@@ -1,9 +1,12 @@
 """Tests of THE rollout kernel (jaxrl_post.sampling)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from jaxrl_post import model as M
 from jaxrl_post import sampling as S
@@ -171,9 +174,11 @@ def test_eight_devices_match_one_device(setup):
   tokens, mask = S.pad_prompts(PROMPTS * 2, 0, buckets=(16,))
   sc = S.SamplingConfig(max_new_tokens=8, stop_ids=(EOS,))
   r1 = S.Sampler(cfg, sc).generate(params, tokens, mask, jax.random.key(4), 1.0)
-  for mesh in (mesh_of(2, 2, 2), mesh_of(1, 4, 2)):
+  # The second mesh also decodes in phases (over sharded, growing caches).
+  for mesh, phases in ((mesh_of(2, 2, 2), 1), (mesh_of(1, 4, 2), 3)):
     ps = shd.tree_shardings(params, M.param_logical_axes(cfg), mesh, shd.SAMPLE_RULES)
-    r8 = S.Sampler(cfg, sc, mesh=mesh, param_shardings=ps).generate(
+    sc_mesh = dataclasses.replace(sc, decode_phases=phases)
+    r8 = S.Sampler(cfg, sc_mesh, mesh=mesh, param_shardings=ps).generate(
         shd.shard_tree(params, ps), tokens, mask, jax.random.key(4), 1.0)
     np.testing.assert_array_equal(r8.tokens, r1.tokens)
     np.testing.assert_allclose(r8.logprobs, r1.logprobs, atol=1e-5)
@@ -192,3 +197,54 @@ def test_bad_inputs_fail_clearly(setup):
   with pytest.raises(ValueError, match="max_seq_len"):
     S.Sampler(cfg, S.SamplingConfig(max_new_tokens=200)).generate(
         None, np.zeros((1, 16), np.int32), np.ones((1, 16), bool), jax.random.key(0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(prompt=st.integers(0, 64), new=st.integers(1, 300), phases=st.integers(1, 12))
+def test_phase_sizes_cover_the_completion_in_growing_steps(prompt, new, phases):
+  sizes = S.phase_sizes(prompt + new, new, phases)
+  assert sizes[-1] == prompt + new
+  assert list(sizes) == sorted(set(sizes)) and len(sizes) <= phases
+  assert sizes[0] > prompt  # the first phase writes at least one slot
+  steps = np.diff((prompt,) + sizes)
+  assert steps.max() <= -(-new // phases)  # no phase longer than ceil(N / K)
+  assert len(sizes) == min(phases, new)
+
+
+def test_automatic_phases_one_per_32_new_tokens_at_most_4():
+  auto = lambda n: S.SamplingConfig(max_new_tokens=n).num_phases
+  assert [auto(n) for n in (1, 31, 32, 64, 95, 128, 1024)] == [1, 1, 1, 2, 2, 4, 4]
+  assert S.SamplingConfig(max_new_tokens=5, decode_phases=9).num_phases == 5
+  assert S.SamplingConfig(max_new_tokens=64, decode_phases=1).num_phases == 1
+  with pytest.raises(ValueError, match="decode_phases"):
+    S.SamplingConfig(max_new_tokens=8, decode_phases=-1)
+
+
+def test_phased_decode_equals_one_loop_over_the_full_cache(setup):
+  """A decode in phases over growing caches gives the one-loop decode's tokens,
+  masks and log-probs, and its final cache, also when rows stop mid-phase."""
+  cfg, params, tokens, mask = setup
+  free = S.Sampler(cfg, S.SamplingConfig(max_new_tokens=10)).generate(
+      params, tokens, mask, jax.random.key(6), temperature=1.0)
+  stop = int(free.tokens[0, 1])  # row 0 stops in the first phase
+  sp = S.SamplingParams.make(1.0)
+
+  def run(k):
+    sc = S.SamplingConfig(max_new_tokens=10, stop_ids=(stop,), decode_phases=k)
+    state = S.prefill(params, cfg, sc, tokens, mask, jax.random.key(6))
+    state = jax.jit(lambda s: S.decode(params, cfg, sc, sp, s))(state)
+    return state, S.finish(state, tokens, mask, sc)
+
+  s1, r1 = run(1)
+  assert int(r1.lengths[0]) == 2 and not bool(r1.finished.all())  # mixed stops
+  for phases in (3, 10):  # uneven phases (4, 4, 2 tokens); one per token
+    sk, rk = run(phases)
+    np.testing.assert_array_equal(rk.tokens, r1.tokens)
+    np.testing.assert_array_equal(rk.mask, r1.mask)
+    np.testing.assert_allclose(rk.logprobs, r1.logprobs, atol=1e-6)
+    np.testing.assert_allclose(rk.entropy, r1.entropy, atol=1e-6)
+    assert int(sk.step) == int(s1.step)
+    for a, b in zip(jax.tree.leaves(sk.cache), jax.tree.leaves(s1.cache)):
+      assert a.shape == b.shape
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                 atol=1e-6)

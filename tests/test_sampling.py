@@ -237,7 +237,7 @@ def test_phased_decode_equals_one_loop_over_the_full_cache(setup):
 
   s1, r1 = run(1)
   assert int(r1.lengths[0]) == 2 and not bool(r1.finished.all())  # mixed stops
-  for phases in (3, 10):  # uneven phases (4, 4, 2 tokens); one per token
+  for phases in (3, 10):  # uneven phases (4, 3, 3 tokens); one per token
     sk, rk = run(phases)
     np.testing.assert_array_equal(rk.tokens, r1.tokens)
     np.testing.assert_array_equal(rk.mask, r1.mask)

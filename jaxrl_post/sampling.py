@@ -348,10 +348,9 @@ def _slice_cache(c: KVCache, size: int) -> KVCache:
                  valid=c.valid[:, :size])
 
 
-def _grow_cache(small: KVCache, full: KVCache) -> KVCache:
-  """`small` (the first S_k slots) followed by `full`'s slots S_k .. S_{k+1}."""
+def _grow_cache(small: KVCache, full: KVCache, hi: int) -> KVCache:
+  """`small` (the first S_k slots) followed by `full`'s slots S_k .. hi."""
   lo = small.size
-  hi = full.size
   return KVCache(
       k=tuple(jnp.concatenate([a, b[:, :, lo:hi]], axis=2) for a, b in zip(small.k, full.k)),
       v=tuple(jnp.concatenate([a, b[..., lo:hi]], axis=3) for a, b in zip(small.v, full.v)),
@@ -392,10 +391,10 @@ def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
                  valid=c.valid)
   body = functools.partial(_decode_step, w, cfg, sc, sp, noise_fn)
   sizes = phase_sizes(c.size, n, sc.num_phases)
-  out = state.replace(cache=_slice_cache(full, sizes[0]) if len(sizes) > 1 else full)
+  out = state.replace(cache=_slice_cache(full, sizes[0]))
   for i, size in enumerate(sizes):
     if i:
-      out = out.replace(cache=_grow_cache(out.cache, _slice_cache(full, size)))
+      out = out.replace(cache=_grow_cache(out.cache, full, size))
 
     def cond(s, size=size):
       return (s.step < n) & ~jnp.all(s.done) & (s.prompt_slots + s.step < size)

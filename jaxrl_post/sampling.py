@@ -344,7 +344,7 @@ def phase_sizes(cache_size: int, new_tokens: int, phases: int) -> tuple[int, ...
 
 def _slice_cache(c: KVCache, size: int) -> KVCache:
   """The first `size` slots of a per-layer (tuple) cache."""
-  return KVCache(k=tuple(k[:, :, :size] for k in c.k), v=tuple(v[..., :size] for v in c.v),
+  return KVCache(k=tuple(k[..., :size] for k in c.k), v=tuple(v[:, :, :size] for v in c.v),
                  valid=c.valid[:, :size])
 
 
@@ -352,8 +352,8 @@ def _grow_cache(small: KVCache, full: KVCache, hi: int) -> KVCache:
   """`small` (the first S_k slots) followed by `full`'s slots S_k .. hi."""
   lo = small.size
   return KVCache(
-      k=tuple(jnp.concatenate([a, b[:, :, lo:hi]], axis=2) for a, b in zip(small.k, full.k)),
-      v=tuple(jnp.concatenate([a, b[..., lo:hi]], axis=3) for a, b in zip(small.v, full.v)),
+      k=tuple(jnp.concatenate([a, b[..., lo:hi]], axis=3) for a, b in zip(small.k, full.k)),
+      v=tuple(jnp.concatenate([a, b[:, :, lo:hi]], axis=2) for a, b in zip(small.v, full.v)),
       valid=jnp.concatenate([small.valid, full.valid[:, lo:hi]], axis=1))
 
 

@@ -188,6 +188,11 @@ class KVCache:
   v: jax.Array
   valid: jax.Array
 
+  # The slot (S) axis of k and of v, counted from the end: the same for the
+  # stacked [L, ...] cache and for one layer's [B, ...] buffers.
+  K_SLOT_AXIS = -1
+  V_SLOT_AXIS = -2
+
   @property
   def size(self) -> int:
     return self.valid.shape[1]

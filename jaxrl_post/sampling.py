@@ -269,7 +269,7 @@ def prefill(params, cfg: ModelConfig, sc: SamplingConfig, prompt_tokens: jax.Arr
   mask_i = prompt_mask.astype(jnp.int32)
   positions = jnp.maximum(jnp.cumsum(mask_i, axis=1) - 1, 0)
   logits, cache = forward(params, cfg, prompt_tokens, positions,
-                          segment_ids=mask_i, cache=cache, cache_index=0)
+                          segment_ids=mask_i, cache=cache, cache_index=0, max_position=p)
   return DecodeState(
       step=jnp.int32(0),
       tokens=jnp.full((b, n), sc.pad_id, jnp.int32),
@@ -389,7 +389,9 @@ def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
   """
   n = sc.max_new_tokens
   b, v_size = state.logits.shape
-  w = step_weights(params, cfg)
+  # A row's position never exceeds its cache slot, so the cache size bounds
+  # every position: the RoPE table is computed once, outside the loop.
+  w = step_weights(params, cfg, max_position=state.cache.size)
   if n * b * v_size <= _MAX_PRESAMPLED_NOISE:
     all_noise = jax.random.gumbel(state.rng, (n, b, v_size), jnp.float32)
     noise_fn = lambda s: jax.lax.dynamic_index_in_dim(all_noise, s.step, 0, False)

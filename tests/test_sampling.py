@@ -241,8 +241,10 @@ def test_phased_decode_equals_one_loop_over_the_full_cache(setup):
     sk, rk = run(phases)
     np.testing.assert_array_equal(rk.tokens, r1.tokens)
     np.testing.assert_array_equal(rk.mask, r1.mask)
-    np.testing.assert_allclose(rk.logprobs, r1.logprobs, atol=1e-6)
-    np.testing.assert_allclose(rk.entropy, r1.entropy, atol=1e-6)
+    # Float rounding only (softmax sums over caches of other lengths): a few
+    # ulp of values near log(V) ~ 4.
+    np.testing.assert_allclose(rk.logprobs, r1.logprobs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rk.entropy, r1.entropy, rtol=1e-6, atol=1e-6)
     assert int(sk.step) == int(s1.step)
     for a, b in zip(jax.tree.leaves(sk.cache), jax.tree.leaves(s1.cache)):
       assert a.shape == b.shape

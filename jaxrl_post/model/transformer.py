@@ -147,11 +147,40 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
   return jnp.where(is_medium, smoothed, scaled)
 
 
-def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """cos, sin float32[B, T, Dh] for integer positions int32[B, T] (HF layout)."""
+def rope_tables(cfg: ModelConfig, positions: jax.Array,
+                max_position: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """cos, sin float32[..., Dh] for integer positions int32[...] (HF layout).
+
+  max_position: optional static bound, every position in [0, max_position).
+  The angles are then computed once per position value, in a
+  [max_position, Dh] table (`rope_table`), and gathered: XLA:CPU otherwise
+  fuses the trigonometry into each consumer and evaluates it once per head,
+  layer and pass (measured at the GRPO bench shape: 5% of the step). The
+  same numbers either way (the same float32 operations on the same values).
+  A position outside the bound reads NaN, so a wrong bound fails loudly.
+  """
+  if max_position is not None:
+    return rope_lookup(rope_table(cfg, max_position), positions)
   freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
+
+
+def rope_table(cfg: ModelConfig, size: int) -> tuple[jax.Array, jax.Array]:
+  """cos, sin float32[size, Dh] of positions 0 .. size - 1 (see `rope_tables`)."""
+  return rope_tables(cfg, jnp.arange(size, dtype=jnp.int32))
+
+
+def rope_lookup(table: tuple[jax.Array, jax.Array],
+                positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin float32[..., Dh] of positions int32[...] from a `rope_table`.
+
+  A position outside the table gives NaN (never a silently clamped angle).
+  """
+  size = table[0].shape[0]
+  positions = jnp.where(positions < 0, size, positions)  # take() would wrap negatives
+  return tuple(jnp.take(t, positions, axis=0, mode="fill", fill_value=jnp.nan)
+               for t in table)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -332,7 +361,8 @@ def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
             positions: jax.Array, *, segment_ids: jax.Array | None = None,
             cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-            return_hidden: bool = False, compute_logits: bool = True):
+            return_hidden: bool = False, compute_logits: bool = True,
+            max_position: int | None = None):
   """Runs the decoder over `tokens`.
 
   Args:
@@ -351,6 +381,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
     return_hidden: also return the final hidden states [B, T, D] (pre-norm).
     compute_logits: False skips the output head (logits None), for callers
       that unembed only some positions.
+    max_position: optional static bound on `positions` (all in [0,
+      max_position)); RoPE then reads one table (`rope_tables`).
 
   Returns:
     (logits float32[B, T, V], cache) or, with return_hidden,
@@ -361,7 +393,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   x = params["embed"].astype(dt)[tokens]
-  cos, sin = rope_tables(cfg, positions)
+  cos, sin = rope_tables(cfg, positions, max_position)
   layers = params["layers"]
 
   if cache is None:
@@ -413,7 +445,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
 def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
                           prefix_positions: jax.Array, prefix_segments: jax.Array,
                           suffix: jax.Array, suffix_positions: jax.Array,
-                          suffix_segments: jax.Array) -> tuple[jax.Array, jax.Array]:
+                          suffix_segments: jax.Array,
+                          max_position: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Teacher-forced decoder over G suffixes per prefix, each prefix run once.
 
   The same numbers (values and gradients) as `forward` without a cache on the
@@ -425,6 +458,7 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
   prefix, prefix_positions, prefix_segments: int32[Pb, P] (0 = padding).
   suffix, suffix_positions, suffix_segments: int32[Pb*G, N]; row r continues
     prefix r // G.
+  max_position: optional static bound on every position (`rope_tables`).
   Returns the final hidden states (pre-norm; `unembed` gives logits):
     (prefix float[Pb, P, D], suffix float[Pb*G, N, D]).
   """
@@ -435,8 +469,13 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
     raise ValueError(f"suffix rows {suffix.shape[0]} are not a multiple of prefix rows {pb}")
   embed = params["embed"].astype(dt)
   xp, xs = embed[prefix], embed[suffix]
-  cos_p, sin_p = rope_tables(cfg, prefix_positions)
-  cos_s, sin_s = rope_tables(cfg, suffix_positions)
+  if max_position is not None:  # one table for both
+    table = rope_table(cfg, max_position)
+    (cos_p, sin_p), (cos_s, sin_s) = (rope_lookup(table, prefix_positions),
+                                      rope_lookup(table, suffix_positions))
+  else:
+    cos_p, sin_p = rope_tables(cfg, prefix_positions)
+    cos_s, sin_s = rope_tables(cfg, suffix_positions)
   pre_mask = _self_mask(prefix_segments)
   seg_rep = jnp.repeat(prefix_segments, g, axis=0)  # [Pb*G, P]
   cross = ((suffix_segments[:, :, None] == seg_rep[:, None, :]) &
@@ -484,7 +523,9 @@ class StepWeights:
   qkv: [D, (H + 2 KV) Dh] = [q | k | v] of one layer; qkv_bias: [(H + 2 KV) Dh]
   (zeros without qkv_bias); o: [H Dh, D]; gate_up: [D, 2F] = [gate | up];
   down: [F, D]; attn_norm, mlp_norm: [D]; final_norm: [D]; head: [D, V];
-  embed: [V, D].
+  embed: [V, D]; rope: optional (cos, sin) [S, Dh] table of positions
+  0 .. S - 1 (`rope_table`), read by every step instead of recomputing the
+  angles (None: computed per step).
   """
 
   attn_norm: tuple
@@ -497,14 +538,18 @@ class StepWeights:
   final_norm: jax.Array
   head: jax.Array
   embed: jax.Array
+  rope: tuple | None = None
 
 
-def step_weights(params: Params, cfg: ModelConfig) -> StepWeights:
+def step_weights(params: Params, cfg: ModelConfig,
+                 max_position: int | None = None) -> StepWeights:
   """Fuses and casts the parameters for `step_forward` (call once per rollout).
 
   Pure relayout of `params` (the stored layout is unchanged): for layer l,
   qkv[l] = concat(q[l].reshape(D, H Dh), k[l].reshape(D, KV Dh),
   v[l].reshape(D, KV Dh)) and gate_up[l] = concat(gate[l], up[l]).
+  max_position: static bound on the decode's positions; the RoPE table of
+  positions 0 .. max_position - 1 is then computed here, once per rollout.
   """
   dt = _dtype(cfg.dtype)
   lp = params["layers"]
@@ -530,7 +575,8 @@ def step_weights(params: Params, cfg: ModelConfig) -> StepWeights:
       attn_norm=split(lp["attn_norm"]), qkv=split(qkv), qkv_bias=split(bias),
       o=split(o), mlp_norm=split(lp["mlp_norm"]), gate_up=split(gate_up),
       down=split(down), final_norm=params["final_norm"], head=head,
-      embed=params["embed"].astype(dt))
+      embed=params["embed"].astype(dt),
+      rope=None if max_position is None else rope_table(cfg, max_position))
 
 
 def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
@@ -556,7 +602,8 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
                      cfg.head_dim, cfg.intermediate_size)
   valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, slot))
   mask = valid & (jnp.arange(valid.shape[1])[None, :] <= slot)  # [B, S]
-  cos, sin = rope_tables(cfg, positions[:, None])  # [B, 1, Dh]
+  pos = positions[:, None]
+  cos, sin = rope_tables(cfg, pos) if w.rope is None else rope_lookup(w.rope, pos)  # [B, 1, Dh]
   x = w.embed[tokens][:, None, :]  # [B, 1, D]
   scale = math.sqrt(Dh)
   new_ks, new_vs = [], []

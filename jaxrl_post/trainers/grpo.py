@@ -65,7 +65,8 @@ def policy_loss_config(hp: RLHParams) -> losses.PolicyLossConfig:
 def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_size: int = 1):
   """Teacher-forced log-probs and entropies of the last n_new tokens.
 
-  seq/pos/seg: int32[B, P+N]. Returns (logp f32[B, N], entropy f32[B, N]).
+  seq/pos/seg: int32[B, P+N], positions in [0, P+N) (as `S.sequences`
+  makes them). Returns (logp f32[B, N], entropy f32[B, N]).
   group_size G > 1: rows i*G .. i*G + G - 1 share one prompt (a GRPO group),
   which then runs through the decoder once per group instead of once per row
   (`forward_shared_prefix`; the same numbers). Logits are computed only where
@@ -73,15 +74,16 @@ def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_s
   N - 1 completion positions.
   """
   p = seq.shape[1] - n_new
+  t = seq.shape[1]  # positions count valid tokens before each one (`S.sequences`): < t
   if group_size > 1:
     g = group_size
     h_pre, h_suf = forward_shared_prefix(
         params, cfg, seq[::g, :p], pos[::g, :p], seg[::g, :p],
-        seq[:, p:-1], pos[:, p:-1], seg[:, p:-1])
+        seq[:, p:-1], pos[:, p:-1], seg[:, p:-1], max_position=t)
     hidden = jnp.concatenate([jnp.repeat(h_pre[:, -1:], g, axis=0), h_suf], axis=1)
   else:
     _, _, hidden = forward(params, cfg, seq[:, :-1], pos[:, :-1], segment_ids=seg[:, :-1],
-                           return_hidden=True, compute_logits=False)
+                           return_hidden=True, compute_logits=False, max_position=t)
     hidden = hidden[:, p - 1:]
   logits = unembed(params, cfg, hidden)
   targets = seq[:, -n_new:]

@@ -30,10 +30,11 @@ from jaxrl_post.trainers.state import TrainState
 def token_nll(params, cfg: ModelConfig, batch) -> tuple[jax.Array, jax.Array]:
   """Summed NLL over weighted targets and the weight sum.
 
-  batch: tokens/targets/positions/segment_ids int32[B, T], weights f32[B, T].
+  batch: tokens/targets/positions/segment_ids int32[B, T], weights f32[B, T];
+  positions in [0, T) (each packed example counts from 0, `data.make_batch`).
   """
   logits, _ = forward(params, cfg, batch["tokens"], batch["positions"],
-                      segment_ids=batch["segment_ids"])
+                      segment_ids=batch["segment_ids"], max_position=batch["tokens"].shape[1])
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
   w = batch["weights"]

@@ -208,3 +208,33 @@ def test_long_forward_takes_the_chunked_path_and_matches_the_cache_path(nano):
   full, _ = M.forward(params, cfg, tokens, pos)
   cached, _ = M.forward(params, cfg, tokens, pos, cache=M.init_cache(cfg, b, t))
   np.testing.assert_allclose(full, cached, atol=2e-5)
+
+
+def test_rope_table_lookup_is_bitwise_the_direct_angles_and_nan_outside():
+  """`max_position` reads cos/sin from one table: the same float32 numbers as
+  computing them per position (Llama-3 scaling included); a position outside
+  the table reads NaN instead of a clamped angle."""
+  for cfg in (nano_config(), M.get_preset("llama-3.2-1b")):
+    pos = jnp.asarray([[0, 1, 5, 17], [63, 2, 2, 40]], jnp.int32)
+    direct = M.transformer.rope_tables(cfg, pos)
+    table = M.transformer.rope_tables(cfg, pos, max_position=64)
+    for a, b in zip(direct, table):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  cos, sin = M.transformer.rope_tables(nano_config(), jnp.asarray([3, 64, -1]), max_position=64)
+  assert np.isfinite(np.asarray(cos[0])).all()
+  assert np.isnan(np.asarray(cos[1:])).all() and np.isnan(np.asarray(sin[1:])).all()
+
+
+def test_forward_with_a_position_bound_equals_forward_without(nano):
+  cfg, params = nano
+  tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, cfg.vocab_size)
+  seg = jnp.asarray([[0, 0, 0] + [1] * 9, [1] * 5 + [2] * 7])
+  pos = jnp.asarray([[0, 0, 0, *range(9)], [*range(5), *range(7)]])
+  ref, _ = M.forward(params, cfg, tokens, pos, segment_ids=seg)
+  out, _ = M.forward(params, cfg, tokens, pos, segment_ids=seg, max_position=12)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+  # The cached path too (a prefill).
+  ref_c, _ = M.forward(params, cfg, tokens, pos, segment_ids=seg, cache=M.init_cache(cfg, 2, 16))
+  out_c, _ = M.forward(params, cfg, tokens, pos, segment_ids=seg, cache=M.init_cache(cfg, 2, 16),
+                       max_position=12)
+  np.testing.assert_array_equal(np.asarray(out_c), np.asarray(ref_c))

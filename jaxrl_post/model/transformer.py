@@ -254,6 +254,18 @@ def _dense(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
   return out.reshape(*x.shape[:-1], *w.shape[1:])
 
 
+def _scores(spec: str, q: jax.Array, k: jax.Array) -> jax.Array:
+  """einsum(spec, q, k) accumulated and returned in float32 (attention scores).
+
+  XLA:CPU (jax 0.10.2) runs some batched dots through a generic kernel that
+  has no bfloat16 x bfloat16 -> float32 variant (UNIMPLEMENTED at run time),
+  so on CPU bfloat16 operands are upcast first; accelerators keep them.
+  """
+  if q.dtype != jnp.float32 and jax.default_backend() == "cpu":
+    q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+  return jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
+
+
 def _project_qkv(p, h, cfg: ModelConfig, cos, sin):
   """h: [B, T, D] -> q [B, T, H, Dh], k/v [B, T, KV, Dh] with RoPE on q, k."""
   q = _dense(h, p["q"])
@@ -278,8 +290,7 @@ def _attend(q, k, v, mask, cfg: ModelConfig):
   """
   b, t, _, dh = q.shape
   qg = q.reshape(b, t, cfg.num_kv_heads, cfg.num_groups, dh)
-  scores = jnp.einsum("btngk,bnsk->bngts", qg, k,
-                      preferred_element_type=jnp.float32) / math.sqrt(dh)
+  scores = _scores("btngk,bnsk->bngts", qg, k) / math.sqrt(dh)
   scores = jnp.where(mask[:, None, None, :, :], scores, -1e30)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bngts,bnks->btngk", probs, v)
@@ -469,13 +480,8 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
     raise ValueError(f"suffix rows {suffix.shape[0]} are not a multiple of prefix rows {pb}")
   embed = params["embed"].astype(dt)
   xp, xs = embed[prefix], embed[suffix]
-  if max_position is not None:  # one table for both
-    table = rope_table(cfg, max_position)
-    (cos_p, sin_p), (cos_s, sin_s) = (rope_lookup(table, prefix_positions),
-                                      rope_lookup(table, suffix_positions))
-  else:
-    cos_p, sin_p = rope_tables(cfg, prefix_positions)
-    cos_s, sin_s = rope_tables(cfg, suffix_positions)
+  cos_p, sin_p = rope_tables(cfg, prefix_positions, max_position)
+  cos_s, sin_s = rope_tables(cfg, suffix_positions, max_position)  # XLA shares the table
   pre_mask = _self_mask(prefix_segments)
   seg_rep = jnp.repeat(prefix_segments, g, axis=0)  # [Pb*G, P]
   cross = ((suffix_segments[:, :, None] == seg_rep[:, None, :]) &
@@ -621,8 +627,7 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
     new_ks.append(ck)
     new_vs.append(cv)
     qg = q.reshape(b, KV, G, Dh)
-    scores = jnp.einsum("bngk,bnks->bngs", qg, ck,
-                        preferred_element_type=jnp.float32) / scale
+    scores = _scores("bngk,bnks->bngs", qg, ck) / scale
     scores = jnp.where(mask[:, None, None, :], scores, -1e30)
     probs = jax.nn.softmax(scores, axis=-1).astype(cv.dtype)
     attn = jnp.einsum("bngs,bnsk->bngk", probs, cv).reshape(b, H * Dh)

@@ -19,8 +19,8 @@ from jaxrl_post.trainers import state as St
 TOK = CharTokenizer()
 
 
-def _setup(mesh, **rl):
-  cfg = nano_config(vocab_size=128, max_seq_len=256)
+def _setup(mesh, dtype="float32", **rl):
+  cfg = nano_config(vocab_size=128, max_seq_len=256, dtype=dtype)
   hp = RLHParams(group_size=4, prompts_per_step=2, max_new_tokens=12, **rl)
   rc = grpo.RLStepConfig(hp=hp, sampling=S.SamplingConfig(max_new_tokens=12, stop_ids=(2,)))
   opt = St.make_optimizer(OptimHParams(learning_rate=1e-3), 10)
@@ -129,3 +129,18 @@ def test_shared_prompt_logp_equals_per_row_logp_and_gradient():
   with np.testing.assert_raises(ValueError):
     M.forward_shared_prefix(params, cfg, seq[:2, :p], pos[:2, :p], seg[:2, :p],
                             seq[:5, p:], pos[:5, p:], seg[:5, p:])
+
+
+def test_bfloat16_activations_step_runs_and_tracks_float32():
+  """model.dtype=bfloat16 (float32 params): the whole step runs on CPU (XLA:CPU
+  has no bf16 x bf16 -> f32 kernel for some batched dots) and its metrics
+  stay near the float32 step's on the same state and batch."""
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    state, step, _ = _setup(mesh_of(1, 1, 1), dtype=dtype)
+    state, m = step(state, _batch(0), None)
+    out[dtype] = jax.device_get(m)
+    assert all(np.isfinite(v).all() for v in jax.tree.leaves(out[dtype])), dtype
+  a, b = out["float32"], out["bfloat16"]
+  assert abs(float(a["entropy"]) - float(b["entropy"])) < 0.05 * float(a["entropy"])
+  assert float(b["completion_len_mean"]) > 0

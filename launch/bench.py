@@ -58,7 +58,7 @@ from typing import Any, Callable
 
 from absl import app, flags
 
-from launch import bench_peers
+from launch import bench_inputs, bench_peers
 
 SECTIONS = ("rollout", "train", "grpo", "similarity")  # --only choices
 GrpoShape = tuple[str, int, int, int]  # (preset, prompts, samples, new_tokens)
@@ -440,24 +440,13 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   `step_sec` = `step_sec_alone` and the TRL fields are null.
   """
   import jax
-  from jaxrl_post import model as M
-  from jaxrl_post import rewards as R
-  from jaxrl_post import sampling as S
-  from jaxrl_post import sharding as shd
-  from jaxrl_post.hparams import OptimHParams, RLHParams
   from jaxrl_post.tasks import gp24
-  from jaxrl_post.tokenizers import CharTokenizer
   from jaxrl_post.trainers import grpo
-  from jaxrl_post.trainers import state as St
-  tok = CharTokenizer()
-  cfg = M.get_preset(preset)
-  hp = RLHParams(group_size=samples, prompts_per_step=prompts, max_new_tokens=new_tokens)
-  rc = grpo.RLStepConfig(hp=hp, sampling=S.SamplingConfig(max_new_tokens=new_tokens))
-  mesh = shd.make_mesh(shd.MeshConfig(1, -1, 1))
-  oh = OptimHParams(learning_rate=1e-5)
-  opt = St.make_optimizer(oh, 100)
-  _, sh = St.state_shardings(cfg, opt, mesh)
-  state = St.init_state(cfg, opt, 0, sh)
+  work = bench_inputs.grpo_work(preset, prompts, samples, new_tokens)
+  cfg, rc, opt, sh, hp, oh = (work.cfg, work.rc, work.optimizer, work.shardings, work.hp,
+                              work.optim)
+  state, batch, ex, tok = work.state, work.batch, work.examples, work.tokenizer
+  tokens, mask = batch["prompt_tokens"], batch["prompt_mask"]
   init_params = jax.device_get(state.params) if use_trl else None  # the state is donated
   traces = []
 
@@ -466,17 +455,6 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
     return grpo.make_rl_step(cfg, rc, opt)(st, b)
 
   step = jax.jit(counted, in_shardings=(sh, None), out_shardings=(sh, None), donate_argnums=0)
-  ex = gp24.Gp24Task().examples("train", prompts, seed=0)
-  # The bench's prompt 32; ids clipped into the vocabulary (only `nano`, vocab
-  # 64 < the char tokenizer's 99, is affected: the embedding gather clamps
-  # anyway, and the TRL peer needs valid ids).
-  ids = [[min(t, cfg.vocab_size - 1) for t in [tok.bos_id, *tok.encode(e.prompt)][:32]]
-         for e in ex]
-  tokens, mask = S.pad_prompts(ids, 0, length=32)
-  table = R.CharTable.from_tokenizer(tok, cfg.vocab_size)
-  batch = {"prompt_tokens": tokens, "prompt_mask": mask,
-           "reward": R.weighted_sum(task=(R.gp24_reward(
-               ex, table, width=R.completion_width(table, new_tokens)), 1.0))}
   holder = {"state": state}
 
   def once():

@@ -156,8 +156,10 @@ def rope_tables(cfg: ModelConfig, positions: jax.Array,
   [max_position, Dh] table (`rope_table`), and gathered: XLA:CPU otherwise
   fuses the trigonometry into each consumer and evaluates it once per head,
   layer and pass (measured at the GRPO bench shape: 5% of the step). The
-  same numbers either way (the same float32 operations on the same values).
-  A position outside the bound reads NaN, so a wrong bound fails loudly.
+  same angles bitwise (the same float32 operations on the same values); a
+  surrounding computation may fuse differently, so gradients can move by
+  float rounding. A position outside the bound reads NaN, so a wrong bound
+  fails loudly.
   """
   if max_position is not None:
     return rope_lookup(rope_table(cfg, max_position), positions)

@@ -443,9 +443,8 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   from jaxrl_post.tasks import gp24
   from jaxrl_post.trainers import grpo
   work = bench_inputs.grpo_work(preset, prompts, samples, new_tokens)
-  cfg, rc, opt, sh, hp, oh = (work.cfg, work.rc, work.optimizer, work.shardings, work.hp,
-                              work.optim)
-  state, batch, ex, tok = work.state, work.batch, work.examples, work.tokenizer
+  cfg, rc, opt, sh, oh = work.cfg, work.rc, work.optimizer, work.shardings, work.optim
+  hp, state, batch, ex, tok = rc.hp, work.state, work.batch, work.examples, work.tokenizer
   tokens, mask = batch["prompt_tokens"], batch["prompt_mask"]
   init_params = jax.device_get(state.params) if use_trl else None  # the state is donated
   traces = []

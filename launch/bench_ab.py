@@ -14,9 +14,9 @@ each pair, and its median, is the number to read; two identical trees read
 1.00 within a few percent.
 
 Parts: `step` is the whole jitted GRPO step (`grpo.make_rl_step`: rollout,
-reward, update); `rollout` is `grpo.collect` alone; `update` is one policy
-update (forward, backward, AdamW) on a fixed rollout with non-zero
-advantages. Each worker also reports a checksum of its outputs, so a change
+reward, update); `rollout` is `grpo.collect` alone; `update` is one
+`grpo.policy_update` (forward, backward, AdamW) on a fixed rollout with
+non-zero advantages. Each worker also reports a checksum of its outputs, so a change
 that alters the numbers shows up next to its timing.
 
 Writes `--out`: {"base", "target", "part", "shape", "pairs", "base_sec",
@@ -59,8 +59,6 @@ def make_call(part: str, preset: str, prompts: int, samples: int, new_tokens: in
   """A zero-argument function running one `part` call (blocking) and returning its output."""
   import jax
   import jax.numpy as jnp
-  import optax
-  from jaxrl_post import losses
   from jaxrl_post import sampling as S
   from jaxrl_post.trainers import grpo
   w = _load_bench_inputs().grpo_work(preset, prompts, samples, new_tokens)
@@ -79,21 +77,19 @@ def make_call(part: str, preset: str, prompts: int, samples: int, new_tokens: in
   collect = jax.jit(lambda p, b, k: grpo.collect(p, w.cfg, w.rc, b, k))
   if part == "rollout":
     return lambda: jax.block_until_ready(collect(w.state.params, batch, key))
-  rollout, rewards = collect(w.state.params, batch, key)[:2]
+  rollout = collect(w.state.params, batch, key)[0]
   seq, pos, seg, _ = S.sequences(rollout)
   rows = prompts * samples
   advantages = jnp.where(jnp.arange(rows) % 2 == 0, 1.0, -0.5)  # the gradient is not 0
   mask = rollout.mask.astype(jnp.float32)
-  loss_cfg = grpo.policy_loss_config(w.hp)
+  if not hasattr(grpo, "policy_update"):
+    raise RuntimeError("bench_ab: --part=update needs grpo.policy_update (a base from "
+                       "2026-12-03 on); use --part=step for older revisions")
 
   def update(params, opt_state):
-    def loss_fn(p):
-      logp, _ = grpo.completion_logp(p, w.cfg, seq, pos, seg, new_tokens, samples)
-      return losses.policy_loss(logp, jax.lax.stop_gradient(logp), advantages, mask,
-                                hp=loss_cfg)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = w.optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params, opt_state, (loss, _, _) = grpo.policy_update(
+        params, opt_state, w.cfg, w.rc, w.optimizer, seq, pos, seg, advantages, mask)
+    return params, opt_state, loss
 
   update = jax.jit(update, donate_argnums=(0, 1))
   held = {"params": w.state.params, "opt": w.state.opt_state}
@@ -120,12 +116,12 @@ def worker(part: str, shape: str) -> None:
   """Builds the call, warms it up, then times one call per "run" line on stdin."""
   preset, prompts, samples, new_tokens = parse_shape(shape)
   call = make_call(part, preset, prompts, samples, new_tokens)
-  first = call()
+  first = checksum(call())  # now: the next call donates the update part's buffers
   for _ in range(2):
     call()
   import jaxrl_post
   print(json.dumps({"ready": os.path.dirname(os.path.dirname(jaxrl_post.__file__)),
-                    "checksum": checksum(first)}), flush=True)
+                    "checksum": first}), flush=True)
   for line in sys.stdin:
     if line.strip() != "run":
       break

@@ -29,7 +29,6 @@ class GrpoWork:
   batch: dict
   examples: list
   tokenizer: Any
-  hp: Any
   optim: Any
 
 
@@ -70,4 +69,4 @@ def grpo_work(preset: str, prompts: int, samples: int, new_tokens: int) -> GrpoW
            "reward": R.weighted_sum(task=(R.gp24_reward(
                ex, table, width=R.completion_width(table, new_tokens)), 1.0))}
   return GrpoWork(cfg=cfg, rc=rc, optimizer=opt, shardings=sh, state=state, batch=batch,
-                  examples=ex, tokenizer=tok, hp=hp, optim=optim)
+                  examples=ex, tokenizer=tok, optim=optim)

@@ -56,3 +56,11 @@ def test_bad_flags_are_usage_errors(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("part", ["update", "step"])
+def test_update_and_step_parts_on_identical_trees(part):
+  """The update part donates its buffers: its checksum is taken before the next call."""
+  r = bench_ab.compare(str(ROOT), str(ROOT), part, "nano:2x2x4", 2)
+  assert len(r["target_sec"]) == 2 and r["ratio_median"] > 0
+  assert r["base_checksum"] == r["target_checksum"]

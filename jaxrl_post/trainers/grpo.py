@@ -179,6 +179,30 @@ def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
   return rollout, rewards, aux, weight, stats
 
 
+def policy_update(params, opt_state, cfg: ModelConfig, rc: RLStepConfig,
+                  optimizer: optax.GradientTransformation, seq, pos, seg, advantages, mask,
+                  old_logp=None, ref_logp=None):
+  """One policy update on a fixed rollout: loss, gradient, optimizer step.
+
+  seq/pos/seg: int32[B, P+N] (`S.sequences`); advantages f32[B]; mask
+  f32[B, N] (the tokens that count); old_logp f32[B, N] or None (one update
+  per rollout: the old policy IS the current one, ratio 1, so the gradient
+  pass's own log-probs, detached, stand in); ref_logp f32[B, N] or None.
+  Returns (params, opt_state, (loss, loss aux, grad global norm)).
+  """
+  n_new = rc.sampling.max_new_tokens
+  loss_cfg = policy_loss_config(rc.hp)
+
+  def loss_fn(p):
+    logp, _ = completion_logp(p, cfg, seq, pos, seg, n_new, rc.group_size)
+    old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
+    return losses.policy_loss(logp, old, advantages, mask, ref_logp=ref_logp, hp=loss_cfg)
+
+  (loss, laux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, (loss, laux, optax.tree.norm(grads))
+
+
 def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
                  optimizer: optax.GradientTransformation, schedule=None,
                  token_class: jax.Array | None = None):
@@ -192,7 +216,6 @@ def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
   hp = rc.hp
   g = rc.group_size
   n_new = rc.sampling.max_new_tokens
-  loss_cfg = policy_loss_config(hp)
 
   def rl_step(state: TrainState, batch, ref_params=None):
     key = state.step_key()
@@ -214,17 +237,10 @@ def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
       ref_logp, _ = completion_logp(ref_params, cfg, seq, pos, seg, n_new, g)
       ref_logp = jax.lax.stop_gradient(ref_logp)
 
-    def loss_fn(params):
-      logp, _ = completion_logp(params, cfg, seq, pos, seg, n_new, g)
-      old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
-      return losses.policy_loss(logp, old, advantages, mask, ref_logp=ref_logp, hp=loss_cfg)
-
     def update(carry, _):
-      params, opt_state = carry
-      (loss, laux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, opt_state), (loss, laux, optax.tree.norm(grads))
+      params, opt_state, out = policy_update(*carry, cfg, rc, optimizer, seq, pos, seg,
+                                             advantages, mask, old_logp, ref_logp)
+      return (params, opt_state), out
 
     (params, opt_state), (loss, laux, gnorm) = jax.lax.scan(
         update, (state.params, state.opt_state), None, length=hp.num_iterations)

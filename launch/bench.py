@@ -36,6 +36,12 @@ Every figure is measured in this run, on the machine it reports:
   a lower bound of this work's step on this machine. `goal_sec` = trl_step_sec / 3
   (DESIGN.md section 4).
 
+The process first applies `$JAXRL_POST_HOST_MALLOC` (`launch.common.
+init_host_memory`, default "retain": glibc keeps freed memory, so XLA:CPU's
+per-step temp buffer is not page-faulted in again every step; see
+`jaxrl_post.host_memory`). It is process-wide, so TRL and `transformers` run
+under the same setting; `machine.host_malloc` records it.
+
 `--quick` runs the `nano` preset at tiny shapes in seconds (for the tests).
 `--only=grpo` (any of rollout, train, grpo, similarity, comma-separated)
 runs only those sections; the others' lists stay empty and are named under
@@ -58,7 +64,7 @@ from typing import Any, Callable
 
 from absl import app, flags
 
-from launch import bench_inputs, bench_peers
+from launch import bench_inputs, bench_peers, common
 
 SECTIONS = ("rollout", "train", "grpo", "similarity")  # --only choices
 GrpoShape = tuple[str, int, int, int]  # (preset, prompts, samples, new_tokens)
@@ -538,14 +544,18 @@ def parse_grpo_shape(spec: str) -> GrpoShape:
 
 def run(out: str, quick: bool, rounds: int, use_hf: bool, presets, use_trl: bool = True,
         only: tuple[str, ...] = (),
-        grpo_shapes: tuple[GrpoShape, ...] = DEFAULT_GRPO_SHAPES) -> dict:
-  """Runs the benchmarks (all sections, or those in `only`) and writes `out`."""
+        grpo_shapes: tuple[GrpoShape, ...] = DEFAULT_GRPO_SHAPES,
+        host_malloc: str = "system") -> dict:
+  """Runs the benchmarks (all sections, or those in `only`) and writes `out`.
+
+  host_malloc: what `common.init_host_memory` set up for this process
+  (recorded; it applies to the peers in this process too)."""
   import jax
   sections = set(only or SECTIONS)
   result: dict[str, Any] = {
       "machine": {"cpu": cpu_model(), "devices": jax.device_count(),
                   "jax": jax.__version__, "cores": os.cpu_count(),
-                  "load_avg": list(os.getloadavg())},
+                  "load_avg": list(os.getloadavg()), "host_malloc": host_malloc},
   }
   if quick:
     result["matmul_peak_gflops"] = matmul_peak_gflops(n=256, reps=3)
@@ -595,8 +605,9 @@ def main(argv):
     shapes = tuple(parse_grpo_shape(s) for s in FLAGS.grpo_shapes)
   except ValueError as e:
     raise app.UsageError(f"--grpo_shapes: {e}") from e
+  host_malloc = common.init_host_memory()  # before JAX's first computation
   run(FLAGS.out, FLAGS.quick, FLAGS.rounds, FLAGS.hf, FLAGS.presets, FLAGS.trl,
-      tuple(FLAGS.only), shapes)
+      tuple(FLAGS.only), shapes, host_malloc)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ each pair, and its median, is the number to read; two identical trees read
 Parts: `step` is the whole jitted GRPO step (`grpo.make_rl_step`: rollout,
 reward, update); `rollout` is `grpo.collect` alone; `update` is one
 `grpo.policy_update` (forward, backward, AdamW) on a fixed rollout with
-non-zero advantages. Each worker also reports a checksum of its outputs, so a change
+non-zero advantages. Both workers first apply this tree's host malloc
+set-up (`$JAXRL_POST_HOST_MALLOC`, as `launch.bench`). Each worker also reports a checksum of its outputs, so a change
 that alters the numbers shows up next to its timing.
 
 Writes `--out`: {"base", "target", "part", "shape", "pairs", "base_sec",
@@ -45,14 +46,27 @@ PARTS = ("step", "rollout", "update")
 # --------------------------------------------------------------------------
 
 
-def _load_bench_inputs():
-  """This tree's launch/bench_inputs.py, whatever `launch` resolves to."""
-  path = os.path.join(ROOT, "launch", "bench_inputs.py")
-  spec = importlib.util.spec_from_file_location("_bench_inputs", path)
+def _load_here(relpath: str, name: str):
+  """A module of this tree by path, whatever `launch` / `jaxrl_post` resolve to."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relpath))
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
+
+
+def _load_bench_inputs():
+  """This tree's launch/bench_inputs.py."""
+  return _load_here(os.path.join("launch", "bench_inputs.py"), "_bench_inputs")
+
+
+def _init_host_memory() -> None:
+  """Both workers get this tree's host malloc set-up ($JAXRL_POST_HOST_MALLOC,
+  as `launch.bench`), whatever the tree under test has."""
+  common = _load_here(os.path.join("launch", "common.py"), "_launch_common")
+  if common.host_malloc_mode() == "retain":
+    _load_here(os.path.join("jaxrl_post", "host_memory.py"),
+               "_host_memory").reuse_temp_buffers()
 
 
 def make_call(part: str, preset: str, prompts: int, samples: int, new_tokens: int):
@@ -115,6 +129,7 @@ def checksum(tree) -> float:
 def worker(part: str, shape: str) -> None:
   """Builds the call, warms it up, then times one call per "run" line on stdin."""
   preset, prompts, samples, new_tokens = parse_shape(shape)
+  _init_host_memory()
   call = make_call(part, preset, prompts, samples, new_tokens)
   first = checksum(call())  # now: the next call donates the update part's buffers
   for _ in range(2):

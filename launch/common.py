@@ -14,6 +14,35 @@ class _QuietOrbax:
 
 
 COMPILE_CACHE_ENV = "JAXRL_POST_COMPILE_CACHE"
+HOST_MALLOC_ENV = "JAXRL_POST_HOST_MALLOC"
+HOST_MALLOC_MODES = ("retain", "system")
+
+
+def host_malloc_mode() -> str:
+  """$JAXRL_POST_HOST_MALLOC: "retain" (default) or "system"; anything else raises."""
+  mode = os.environ.get(HOST_MALLOC_ENV, "retain").strip().lower() or "retain"
+  if mode not in HOST_MALLOC_MODES:
+    raise ValueError(f"${HOST_MALLOC_ENV}={os.environ[HOST_MALLOC_ENV]!r}: expected one of "
+                     f"{HOST_MALLOC_MODES}")
+  return mode
+
+
+def init_host_memory() -> str:
+  """Applies `host_malloc_mode()` before JAX's first computation; returns what holds.
+
+  "retain": `jaxrl_post.host_memory.reuse_temp_buffers` (XLA:CPU's per-step
+  temp buffer is reused instead of page-faulted in again; "system" where the
+  C library is not glibc); "system": malloc and JAX as the process started.
+  """
+  from absl import app
+  try:
+    mode = host_malloc_mode()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if mode == "retain":
+    from jaxrl_post import host_memory
+    return "retain" if host_memory.reuse_temp_buffers() else "system"
+  return mode
 
 
 def compile_cache_dir() -> str:
@@ -25,8 +54,10 @@ def compile_cache_dir() -> str:
 
 
 def init_runtime():
-  """Optional multi-host init (JAXRL_POST_COORDINATOR etc.), logging verbosity,
-  the persistent XLA compilation cache (`compile_cache_dir`)."""
+  """Host malloc (`init_host_memory`), optional multi-host init
+  (JAXRL_POST_COORDINATOR etc.), logging verbosity, the persistent XLA
+  compilation cache (`compile_cache_dir`)."""
+  init_host_memory()
   # Our progress lines go to stderr directly; library INFO logs (Orbax logs
   # every file it writes) would drown them.
   logging.set_verbosity(logging.WARNING)

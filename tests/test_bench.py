@@ -7,6 +7,7 @@ importable: its fields are then measured, otherwise null.
 import importlib.util
 import json
 import math
+import platform
 import subprocess
 import sys
 
@@ -38,6 +39,8 @@ def test_machine_and_measured_ceilings(result):
   assert isinstance(m["cpu"], str) and m["cpu"]
   assert isinstance(m["devices"], int) and m["devices"] >= 1
   assert isinstance(m["jax"], str)
+  # The host malloc set-up the run had (default: temp buffers reused, on glibc).
+  assert m["host_malloc"] == ("retain" if platform.libc_ver()[0] == "glibc" else "system")
   assert _number(result["matmul_peak_gflops"]) and result["matmul_peak_gflops"] > 0
   assert _number(result["copy_bandwidth_gbs"]) and result["copy_bandwidth_gbs"] > 0
 

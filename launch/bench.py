@@ -37,10 +37,11 @@ Every figure is measured in this run, on the machine it reports:
   (DESIGN.md section 4).
 
 The process first applies `$JAXRL_POST_HOST_MALLOC` (`launch.common.
-init_host_memory`, default "retain": glibc keeps freed memory, so XLA:CPU's
-per-step temp buffer is not page-faulted in again every step; see
-`jaxrl_post.host_memory`). It is process-wide, so TRL and `transformers` run
-under the same setting; `machine.host_malloc` records it.
+init_host_memory`, default "retain": glibc keeps freed memory and the CPU
+client runs a computation on the calling thread, so XLA:CPU's per-step temp
+buffer is not page-faulted in again every step; see `jaxrl_post.host_memory`).
+It is process-wide, so TRL and `transformers` run under the same setting;
+`machine.host_malloc` records it.
 
 `--quick` runs the `nano` preset at tiny shapes in seconds (for the tests).
 `--only=grpo` (any of rollout, train, grpo, similarity, comma-separated)

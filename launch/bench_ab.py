@@ -17,8 +17,9 @@ Parts: `step` is the whole jitted GRPO step (`grpo.make_rl_step`: rollout,
 reward, update); `rollout` is `grpo.collect` alone; `update` is one
 `grpo.policy_update` (forward, backward, AdamW) on a fixed rollout with
 non-zero advantages. Both workers first apply this tree's host malloc
-set-up (`$JAXRL_POST_HOST_MALLOC`, as `launch.bench`). Each worker also reports a checksum of its outputs, so a change
-that alters the numbers shows up next to its timing.
+set-up (`$JAXRL_POST_HOST_MALLOC`, as `launch.bench`). Each worker also
+reports a checksum of its outputs, so a change that alters the numbers shows
+up next to its timing.
 
 Writes `--out`: {"base", "target", "part", "shape", "pairs", "base_sec",
 "target_sec" (per call, in pair order), "base_median_sec",

@@ -4,8 +4,9 @@ The property: with `reuse_temp_buffers()`, repeated executions of a compiled
 function whose temp buffer exceeds glibc's mmap threshold reuse that memory
 (almost no page faults) and compute the same result; without it, each
 execution page-faults its temp buffer in again. (The heap can still grow in
-a few of the first calls until its layout repeats: the median call counts.) Each mode runs in a fresh
-process, since a thread keeps the malloc arena it first used.
+a few of the first calls until its layout repeats: the median call counts.)
+Each mode runs in a fresh process: the settings are process-wide and must
+precede JAX's first computation.
 """
 
 import json

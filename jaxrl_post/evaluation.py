@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxrl_post import eval_metrics
 from jaxrl_post import sampling as S
+from jaxrl_post import sharding as shd
 from jaxrl_post.tokenizers.base import prompt_ids
 
 _CONFIDENCE = re.compile(r"Confidence:\s*([0-9]*\.?[0-9]+)")
@@ -84,7 +85,7 @@ def sample_texts(sampler: S.Sampler, params, tokenizer, prompts: Sequence[str],
       m = np.concatenate([m, np.repeat(m[-1:], rows - real, 0)])
     r = sampler.generate(params, t, m, jax.random.fold_in(key, start),
                          ec.temperature, ec.top_p)
-    out_tokens, lengths = jax.device_get((r.tokens, r.lengths))
+    out_tokens, lengths = shd.to_host((r.tokens, r.lengths))
     for i in range(real):
       texts.append(tokenizer.decode(out_tokens[i, :lengths[i]].tolist()))
     if progress is not None:

@@ -495,6 +495,7 @@ class Sampler:
     self.cfg = cfg
     self.sc = sc
     self.mesh = mesh
+    self.param_shardings = param_shardings if mesh is not None else None
     self.num_traces = 0
     if mesh is not None:
       batch2 = shd.batch_sharding(mesh, 2)
@@ -537,6 +538,15 @@ class Sampler:
           f"{self.cfg.max_seq_len}")
     sp = SamplingParams(temperature=jnp.float32(temperature),
                         top_p=jnp.float32(top_p))
+    if self.param_shardings is not None:
+      # Parameters laid out for training (sharded over fsdp) are gathered to
+      # the kernel's layout here: jit reshards a mismatched argument only when
+      # one process holds all of it, and raises across processes.
+      params = jax.device_put(params, self.param_shardings)
+    if self.mesh is not None and not isinstance(prompt_tokens, jax.Array):
+      # Host prompts: every process passes the same global batch (as jit
+      # would place them on one process; across processes it cannot).
+      prompt_tokens, prompt_mask = shd.shard_batch((prompt_tokens, prompt_mask), self.mesh)
     return self._jitted(params, prompt_tokens, prompt_mask, rng, sp)
 
 

@@ -192,6 +192,27 @@ def shard_tree(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(put, tree, shardings)
 
 
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (a no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree: Any) -> Any:
+  """The global value of every array in `tree` as NumPy, on every process.
+
+  One process: `jax.device_get`. Across processes an array split over the
+  batch has shards this process cannot read, so it is all-gathered
+  (`multihost_utils.process_allgather`, a collective: every process calls
+  it, in the same order).
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def per_device_bytes(tree: Any) -> int:
   """Bytes of the largest per-device shard footprint of a pytree of arrays."""
   totals: dict[Any, int] = {}

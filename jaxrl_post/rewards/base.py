@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_post import sharding as shd
+
 
 @flax.struct.dataclass
 class WeightedSum:
@@ -58,7 +60,7 @@ class HostReward:
     self.tokenizer = tokenizer
 
   def __call__(self, tokens, mask, examples) -> np.ndarray:
-    tokens, mask = jax.device_get((tokens, mask))
+    tokens, mask = shd.to_host((tokens, mask))
     texts = [self.tokenizer.decode([int(t) for t, m in zip(row, mrow) if m])
              for row, mrow in zip(tokens, mask)]
     out = np.asarray(self.fn(texts, examples), np.float32)

@@ -72,7 +72,14 @@ def _build_tokenizer(hp: TrainHParams, task, directory: str):
 
 
 def setup(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> RunContext:
-  """Creates or reopens a workdir: mesh, task, tokenizer, model config."""
+  """Creates or reopens a workdir: mesh, task, tokenizer, model config.
+
+  Across processes every process inspects the workdir before any writes to
+  it, and only process 0 writes (tokenizer, model_config.json, config.json);
+  the others read the tokenizer it built. (Otherwise a process that looked
+  after process 0 had written model_config.json took the run for a resumed
+  one and read a half-written config or a tokenizer not saved yet.)
+  """
   os.makedirs(workdir, exist_ok=True)
   mesh = shd.make_mesh(shd.MeshConfig(*hp.mesh))
   task = tasks_lib.get_task(hp.task, **dict(hp.task_options))
@@ -81,6 +88,8 @@ def setup(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> Ru
   init_params = None
   resuming = os.path.exists(cfg_path)
   has_snapshot = bool(ckpt_lib.list_steps(os.path.join(workdir, "checkpoints")))
+  shd.barrier("jaxrl_post.setup: workdir inspected")
+  writer = jax.process_index() == 0
   if resuming and (has_snapshot or not hp.init_from):
     with open(cfg_path) as f:
       cfg = ModelConfig.from_dict(json.load(f))
@@ -90,19 +99,26 @@ def setup(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> Ru
     # must start from init_from again, not from a fresh init.)
     cfg, tokenizer, init_params, desc = loading.load_model(hp.init_from)
     logging.info("init_from %s", desc)
-    tokenizer.save(tok_dir)
+    if writer:
+      tokenizer.save(tok_dir)
   else:
-    tokenizer = _build_tokenizer(hp, task, tok_dir)
-    tokenizer.save(tok_dir)
+    if writer:
+      tokenizer = _build_tokenizer(hp, task, tok_dir)
+      tokenizer.save(tok_dir)
+    shd.barrier("jaxrl_post.setup: tokenizer saved")
+    if not writer:
+      tokenizer = tok_lib.load_tokenizer(tok_dir)
     vocab = int(math.ceil(tokenizer.vocab_size / 64) * 64)
     cfg = hp.model.replace(vocab_size=max(vocab, tokenizer.vocab_size))
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids > model vocab {cfg.vocab_size}")
-  with open(cfg_path, "w") as f:
-    json.dump(cfg.to_dict(), f, indent=1)
-  if config_dict is not None:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_dict, f, indent=1, default=str)
+  if writer:
+    with open(cfg_path, "w") as f:
+      json.dump(cfg.to_dict(), f, indent=1)
+    if config_dict is not None:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config_dict, f, indent=1, default=str)
+  shd.barrier("jaxrl_post.setup: workdir written")
   return RunContext(hp=hp, workdir=workdir, mesh=mesh, cfg=cfg, tokenizer=tokenizer,
                     task=task, init_params=init_params)
 
@@ -189,19 +205,25 @@ class RunLoop:
   After each step, `after_step` decides whether to log, evaluate and save
   (per the config), fetches the metrics only then (one host sync), stops on a
   non-finite loss before any snapshot of the bad state is written, and
-  writes metrics.jsonl / TensorBoard / the progress line.
+  writes metrics.jsonl / TensorBoard / the progress line. Across processes
+  only process 0 writes them (every process computes the same replicated
+  metrics; several writers would race on one workdir and duplicate rows).
   """
 
   def __init__(self, ctx: RunContext, checkpointer, start: int, desc: str):
     self.hp = ctx.hp
     self.checkpointer = checkpointer
-    self.writer = metrics_lib.MetricWriter(ctx.workdir, resume_step=start)
-    self.progress = metrics_lib.Progress(ctx.hp.num_steps, start=start, desc=desc)
+    self.is_writer = jax.process_index() == 0
+    self.writer = (metrics_lib.MetricWriter(ctx.workdir, resume_step=start)
+                   if self.is_writer else None)
+    self.progress = (metrics_lib.Progress(ctx.hp.num_steps, start=start, desc=desc)
+                     if self.is_writer else None)
     self.last: dict = {}
     self._t0, self._last_log = time.perf_counter(), start
 
   def write(self, step: int, metrics: dict):
-    self.writer.write(step, metrics)
+    if self.is_writer:
+      self.writer.write(step, metrics)
 
   def after_step(self, done: int, state, metrics, evaluate: Callable[[Any], dict]):
     hp = self.hp
@@ -218,8 +240,9 @@ class RunLoop:
           time.perf_counter() - self._t0, 1e-9)
       if is_eval:
         host.update(evaluate(state))
-      self.writer.write(done, host)
-      self.progress.update(done, host)
+      if self.is_writer:
+        self.writer.write(done, host)
+        self.progress.update(done, host)
       self.last = host
       self._t0, self._last_log = time.perf_counter(), done
     if is_save:
@@ -227,8 +250,9 @@ class RunLoop:
 
   def close(self):
     self.checkpointer.close()  # waits for the last async save
-    self.writer.close()
-    self.progress.close()
+    if self.is_writer:
+      self.writer.close()
+      self.progress.close()
 
 
 # --------------------------------------------------------------------------

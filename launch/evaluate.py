@@ -56,6 +56,7 @@ def main(argv):
   if not os.path.exists(cfg_path):
     raise app.UsageError(f"{w}: no config.json (not a jaxrl_post workdir)")
   common.init_runtime()
+  import jax
   from jaxrl_post import checkpoint, evaluation, tasks
   from jaxrl_post import sampling as S
   from jaxrl_post.model import loading
@@ -92,9 +93,10 @@ def main(argv):
                  res["accuracy"], res["pass@k"], res["n_problems"], _N.value)
     result[split] = res
   out = _OUT.value or os.path.join(w, "eval", f"step_{step}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=1)
+  if jax.process_index() == 0:  # across processes: one writer of the same result
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=1)
   print(out)
 
 

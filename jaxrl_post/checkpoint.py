@@ -18,6 +18,7 @@ import os
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -46,8 +47,18 @@ def list_steps(directory: str) -> list[int]:
 
 
 def _is_finite(tree) -> bool:
-  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
-             if np.issubdtype(np.asarray(x).dtype, np.floating))
+  """Whether every floating-point leaf is finite.
+
+  Reduced on device to one replicated bool: a restored array can span
+  processes, and this process cannot read the others' shards.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return not leaves or bool(_all_finite(leaves))
+
+
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 class Checkpointer:

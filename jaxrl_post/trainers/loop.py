@@ -74,11 +74,12 @@ def _build_tokenizer(hp: TrainHParams, task, directory: str):
 def setup(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> RunContext:
   """Creates or reopens a workdir: mesh, task, tokenizer, model config.
 
-  Across processes every process inspects the workdir before any writes to
-  it, and only process 0 writes (tokenizer, model_config.json, config.json);
-  the others read the tokenizer it built. (Otherwise a process that looked
-  after process 0 had written model_config.json took the run for a resumed
-  one and read a half-written config or a tokenizer not saved yet.)
+  Across processes (sharing the workdir, as Orbax's snapshots need) every
+  process inspects and reads the workdir before any writes to it, and only
+  process 0 writes (tokenizer, model_config.json, config.json); the others
+  read the tokenizer it built. (Otherwise a process that looked after process
+  0 had written model_config.json took the run for a resumed one and read a
+  half-written config or a tokenizer not saved yet.)
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = shd.make_mesh(shd.MeshConfig(*hp.mesh))
@@ -112,6 +113,7 @@ def setup(hp: TrainHParams, workdir: str, config_dict: dict | None = None) -> Ru
     cfg = hp.model.replace(vocab_size=max(vocab, tokenizer.vocab_size))
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids > model vocab {cfg.vocab_size}")
+  shd.barrier("jaxrl_post.setup: workdir read")  # a resumed run's files are rewritten next
   if writer:
     with open(cfg_path, "w") as f:
       json.dump(cfg.to_dict(), f, indent=1)

@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
       top_p=1.0, num_iterations=1, epsilon_low=0.2, epsilon_high=0.2, beta=0.0,
       advantage="group_std", aggregation="seq_mean_token_mean", ratio_level="token",
       mask_truncated=False, dynamic_sampling=False, dynamic_eps=1e-6,
-      max_gen_rounds=3, reward="binary", overlong_buffer=0))
+      max_gen_rounds=3, reward="binary", overlong_buffer=0,
+      reuse_rollout_activations=True))
   return c
 
 

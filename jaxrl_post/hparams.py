@@ -80,6 +80,13 @@ class RLHParams:
   max_gen_rounds: int = 3
   reward: str = "binary"  # the task reward variant (binary | levels | rlcr)
   overlong_buffer: int = 0  # DAPO soft overlong penalty cache length (0 = off)
+  # The first policy update (and the old log-probs when num_iterations > 1)
+  # takes the rollout's own product outputs instead of recomputing them
+  # (`sampling.RolloutActivations`): the same numbers up to float rounding,
+  # a third less update matmul work, more memory (the activations of every
+  # rollout token live from the decode to the backward). Without dynamic
+  # sampling only.
+  reuse_rollout_activations: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

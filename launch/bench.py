@@ -433,7 +433,11 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   1, group-std advantages), AdamW lr 1e-5; no stop id, so every completion
   is `new_tokens` long. Each prompt is prefilled once for its group and runs
   once through the update's forward (`forward_shared_prefix`); TRL repeats
-  it per sample in both. Prompts: the last 32 token ids of gp24 training
+  it per sample in both. The update's forward takes the weight products the
+  rollout computed (`rl.reuse_rollout_activations`, on by default) where TRL
+  recomputes them: `model_flops` (and so `mfu` and `floor_sec`) count the
+  nominal work of a full forward, `xla_flops` what XLA says the compiled
+  step executes. Prompts: the last 32 token ids of gp24 training
   prompts (the bench's prompt 32). Reward: the binary gp24 verifier, compiled
   into the step (1 iff the formula after `Answer:` uses the four card values
   once each and equals 24; on random weights it is 0 everywhere).
@@ -454,6 +458,8 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
   hp, state, batch, ex, tok = rc.hp, work.state, work.batch, work.examples, work.tokenizer
   tokens, mask = batch["prompt_tokens"], batch["prompt_mask"]
   init_params = jax.device_get(state.params) if use_trl else None  # the state is donated
+  cost = jax.jit(grpo.make_rl_step(cfg, rc, opt)).lower(state, batch).compile().cost_analysis()
+  xla_flops = (cost[0] if isinstance(cost, list) else cost).get("flops")
   traces = []
 
   def counted(st, b):
@@ -480,6 +486,7 @@ def grpo_row(preset: str, prompts: int, samples: int, new_tokens: int, reps: int
          "compiles": None, "trl_step_sec": None, "ratio_vs_trl": None,
          "completion_len_mean": None, "reward": "gp24 binary verifier (on device)",
          "beta": hp.beta, "model_flops": sum(flops.values()), "model_flops_parts": flops,
+         "xla_flops": xla_flops, "reuse_rollout_activations": hp.reuse_rollout_activations,
          "floor_sec": floor_rollout + floor_update, "floor_rollout_sec": floor_rollout,
          "floor_update_sec": floor_update, "goal_sec": None}
   if use_trl and bench_peers.trl_available():

@@ -78,6 +78,9 @@ def test_train_grpo_and_similarity_rows(result):
   want = 2 * n * (p_tok + rows * g["new_tokens"]) + 6 * n * (p_tok + rows * (g["new_tokens"] - 1))
   assert g["model_flops"] == sum(g["model_flops_parts"].values()) == want
   assert g["mfu"] == pytest.approx(want / g["step_sec"] / (result["matmul_peak_gflops"] * 1e9))
+  # The update's forward takes the rollout's weight products, so the compiled
+  # step executes less than the nominal model FLOPs (which count that forward).
+  assert g["reuse_rollout_activations"] and 0 < g["xla_flops"] < g["model_flops"]
   # The dense-matmul floor is a lower bound of the measured step.
   assert g["floor_sec"] == pytest.approx(g["floor_rollout_sec"] + g["floor_update_sec"])
   assert 0 < g["floor_rollout_sec"] and 0 < g["floor_update_sec"]

@@ -256,6 +256,42 @@ def _dense(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
   return out.reshape(*x.shape[:-1], *w.shape[1:])
 
 
+@jax.custom_vjp
+def dense_given(x: jax.Array, w: jax.Array, y: jax.Array) -> jax.Array:
+  """`_dense(x, w)` whose value is already known: returns y, differentiates x @ w.
+
+  y must equal `_dense(x, w)` (up to float rounding), e.g. the same product
+  computed by the rollout's decode step. The forward then costs nothing and
+  the backward is exactly `_dense`'s: dx = dy w^T, dw = x^T dy (y itself is
+  data and gets a zero cotangent). x [..., K]; w [K, ...]; y [..., *w.shape[1:]].
+  """
+  del x, w
+  return y
+
+
+def _dense_given_fwd(x, w, y):
+  return y, (x, w)
+
+
+def _dense_given_bwd(res, dy):
+  x, w = res
+  _, pullback = jax.vjp(_dense, x, w)  # the unused primal product is dead code
+  dx, dw = pullback(dy)
+  return dx, dw, jnp.zeros_like(dy)
+
+
+dense_given.defvjp(_dense_given_fwd, _dense_given_bwd)
+
+
+def _linear(x: jax.Array, w: jax.Array, name: str, given: dict | None,
+            out: dict) -> jax.Array:
+  """x @ w (`_dense`), or its known value given[name] (`dense_given`); the
+  product is recorded as out[name] (the layer's activations, `LAYER_ACTS`)."""
+  y = _dense(x, w) if given is None else dense_given(x, w, given[name])
+  out[name] = y
+  return y
+
+
 def _scores(spec: str, q: jax.Array, k: jax.Array) -> jax.Array:
   """einsum(spec, q, k) accumulated and returned in float32 (attention scores).
 
@@ -268,11 +304,15 @@ def _scores(spec: str, q: jax.Array, k: jax.Array) -> jax.Array:
   return jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
 
 
-def _project_qkv(p, h, cfg: ModelConfig, cos, sin):
-  """h: [B, T, D] -> q [B, T, H, Dh], k/v [B, T, KV, Dh] with RoPE on q, k."""
-  q = _dense(h, p["q"])
-  k = _dense(h, p["k"])
-  v = _dense(h, p["v"])
+def _project_qkv(p, h, cfg: ModelConfig, cos, sin, given=None, acts=None):
+  """h: [B, T, D] -> q [B, T, H, Dh], k/v [B, T, KV, Dh] with RoPE on q, k.
+
+  given/acts: see `_block` (the products before bias and RoPE).
+  """
+  acts = {} if acts is None else acts
+  q = _linear(h, p["q"], "q", given, acts)
+  k = _linear(h, p["k"], "k", given, acts)
+  v = _linear(h, p["v"], "v", given, acts)
   if cfg.qkv_bias:
     q = q + p["q_bias"].astype(h.dtype)
     k = k + p["k_bias"].astype(h.dtype)
@@ -327,25 +367,45 @@ def _attend_causal(q, k, v, mask, cfg: ModelConfig, chunk: int = _CAUSAL_CHUNK):
   return jnp.concatenate(outs, axis=1)
 
 
-def _mlp(p, h):
-  """SwiGLU: down(silu(h gate) * (h up)); h [B, T, D] -> [B, T, D]."""
-  return _dense(jax.nn.silu(_dense(h, p["gate"])) * _dense(h, p["up"]), p["down"])
+def _mlp(p, h, given=None, acts=None):
+  """SwiGLU: down(silu(h gate) * (h up)); h [B, T, D] -> [B, T, D].
+
+  given/acts: see `_block`.
+  """
+  acts = {} if acts is None else acts
+  gate = _linear(h, p["gate"], "gate", given, acts)
+  up = _linear(h, p["up"], "up", given, acts)
+  return _linear(jax.nn.silu(gate) * up, p["down"], "down", given, acts)
 
 
-def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn, causal: bool = False):
+# A layer's activations: the outputs of its seven weight products, for tokens
+# [B, T] (bias and RoPE not applied): q [B, T, H, Dh]; k, v [B, T, KV, Dh];
+# o [B, T, D]; gate, up [B, T, F]; down [B, T, D]. Everything else in a layer
+# (norms, RoPE, attention, SiLU, residual sums) follows from these cheaply.
+LAYER_ACTS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn, causal: bool = False,
+           given: dict | None = None):
   """One pre-norm decoder layer. kv_fn(k, v) -> (keys, values, mask, aux).
 
   causal: keys are the layer's own T tokens under a causal mask (no cache),
   so the all-masked blocks can be skipped (`_attend_causal`).
+  given: optional dict of this layer's product outputs (`LAYER_ACTS`), known
+  from an earlier pass with the same weights on the same tokens (the
+  rollout): the products are then not recomputed (`dense_given`), only
+  differentiated. Returns (x, aux, acts) with acts this layer's products.
   """
+  acts = {}
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-  q, k, v = _project_qkv(p, h, cfg, cos, sin)
+  q, k, v = _project_qkv(p, h, cfg, cos, sin, given, acts)
   keys, values, mask, aux = kv_fn(k, v)
   attn = (_attend_causal if causal else _attend)(q, keys, values, mask, cfg)
   b, t = attn.shape[:2]
-  x = x + _dense(attn.reshape(b, t, -1), p["o"].reshape(-1, p["o"].shape[-1]))
+  x = x + _linear(attn.reshape(b, t, -1), p["o"].reshape(-1, p["o"].shape[-1]), "o",
+                  given, acts)
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-  return x + _mlp(p, h), aux
+  return x + _mlp(p, h, given, acts), aux, acts
 
 
 def _self_mask(segment_ids: jax.Array) -> jax.Array:
@@ -375,7 +435,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
             positions: jax.Array, *, segment_ids: jax.Array | None = None,
             cache: KVCache | None = None, cache_index: jax.Array | int = 0,
             return_hidden: bool = False, compute_logits: bool = True,
-            max_position: int | None = None):
+            max_position: int | None = None, return_acts: bool = False):
   """Runs the decoder over `tokens`.
 
   Args:
@@ -396,10 +456,13 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
       that unembed only some positions.
     max_position: optional static bound on `positions` (all in [0,
       max_position)); RoPE then reads one table (`rope_tables`).
+    return_acts: also return every layer's product outputs, a dict
+      `LAYER_ACTS` -> [L, B, T, ...] (what `forward_shared_prefix` can take
+      as `given`); with a cache only (the rollout's prefill).
 
   Returns:
-    (logits float32[B, T, V], cache) or, with return_hidden,
-    (logits, cache, hidden).
+    (logits float32[B, T, V], cache), then hidden if return_hidden, then
+    acts if return_acts.
   """
   dt = _dtype(cfg.dtype)
   b, t = tokens.shape
@@ -415,8 +478,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
     def self_kv(k, v):
       return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1), mask, None
 
+    if return_acts:
+      raise ValueError("forward: return_acts needs a cache (it records a prefill)")
+
     def body(x, p):
-      x, _ = _block(p, x, cfg, cos, sin, self_kv, causal=True)
+      x, _, _ = _block(p, x, cfg, cos, sin, self_kv, causal=True)
       return x, None
 
     x, _ = jax.lax.scan(body, x, layers, unroll=_unroll(cfg))
@@ -442,24 +508,28 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
         keys, values = ck2[layer].swapaxes(-1, -2), cv2[layer].swapaxes(-1, -2)
         return keys, values, mask, (ck2, cv2)
 
-      x, (ck, cv) = _block(p, x, cfg, cos, sin, cached_kv)
-      return (x, ck, cv, layer + 1), None
+      x, (ck, cv), acts = _block(p, x, cfg, cos, sin, cached_kv)
+      return (x, ck, cv, layer + 1), (acts if return_acts else None)
 
-    (x, ck, cv, _), _ = jax.lax.scan(
+    (x, ck, cv, _), stacked_acts = jax.lax.scan(
         body, (x, cache.k, cache.v, jnp.int32(0)), layers)
     new_cache = KVCache(k=ck, v=cv, valid=valid)
 
   logits = unembed(params, cfg, x) if compute_logits else None
+  out = (logits, new_cache)
   if return_hidden:
-    return logits, new_cache, x
-  return logits, new_cache
+    out += (x,)
+  if return_acts:
+    out += (stacked_acts,)
+  return out
 
 
 def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
                           prefix_positions: jax.Array, prefix_segments: jax.Array,
                           suffix: jax.Array, suffix_positions: jax.Array,
                           suffix_segments: jax.Array,
-                          max_position: int | None = None) -> tuple[jax.Array, jax.Array]:
+                          max_position: int | None = None,
+                          given: tuple[dict, dict] | None = None) -> tuple[jax.Array, jax.Array]:
   """Teacher-forced decoder over G suffixes per prefix, each prefix run once.
 
   The same numbers (values and gradients) as `forward` without a cache on the
@@ -472,6 +542,13 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
   suffix, suffix_positions, suffix_segments: int32[Pb*G, N]; row r continues
     prefix r // G.
   max_position: optional static bound on every position (`rope_tables`).
+  given: optional (prefix acts, suffix acts), each a dict `LAYER_ACTS` ->
+    [L, rows, length, ...]: every layer's product outputs on these tokens
+    with these parameters, already computed (by the rollout's prefill and
+    decode, `sampling.RolloutActivations`). The forward then recomputes only
+    norms, RoPE, attention and SiLU from them, and the backward is unchanged
+    (`dense_given`): the same values and gradients up to float rounding, at
+    about a third less matmul work for a forward + backward.
   Returns the final hidden states (pre-norm; `unembed` gives logits):
     (prefix float[Pb, P, D], suffix float[Pb*G, N, D]).
   """
@@ -493,19 +570,23 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
     return k, v, pre_mask, (k, v)
 
-  def body(carry, p):
+  def body(carry, layer):
     xp, xs = carry
-    xp, (kp, vp) = _block(p, xp, cfg, cos_p, sin_p, prefix_kv, causal=True)
+    p, given_p, given_s = layer
+    xp, (kp, vp), _ = _block(p, xp, cfg, cos_p, sin_p, prefix_kv, causal=True,
+                             given=given_p)
 
     def suffix_kv(k, v):  # each suffix row sees its prefix's keys, then its own
       keys = jnp.concatenate([jnp.repeat(kp, g, axis=0), k.transpose(0, 2, 1, 3)], axis=2)
       vals = jnp.concatenate([jnp.repeat(vp, g, axis=0), v.transpose(0, 2, 3, 1)], axis=3)
       return keys, vals, suf_mask, None
 
-    xs, _ = _block(p, xs, cfg, cos_s, sin_s, suffix_kv)
+    xs, _, _ = _block(p, xs, cfg, cos_s, sin_s, suffix_kv, given=given_s)
     return (xp, xs), None
 
-  (xp, xs), _ = jax.lax.scan(body, (xp, xs), params["layers"], unroll=_unroll(cfg))
+  given_p, given_s = (None, None) if given is None else given
+  (xp, xs), _ = jax.lax.scan(body, (xp, xs), (params["layers"], given_p, given_s),
+                             unroll=_unroll(cfg))
   return xp, xs
 
 
@@ -601,8 +682,11 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
     slot: int32 scalar, the cache slot of the new token.
 
   Returns:
-    (logits float32[B, V], ks, vs, valid) — the same numbers as
-    `forward(params, cfg, tokens[:, None], positions[:, None], cache=...)`.
+    (logits float32[B, V], ks, vs, valid, acts) — the same numbers as
+    `forward(params, cfg, tokens[:, None], positions[:, None], cache=...)`;
+    acts: L dicts of this token's product outputs (`LAYER_ACTS`, without the
+    T axis: q [B, H, Dh], k and v [B, KV, Dh], o and down [B, D], gate and up
+    [B, F]; unused outputs cost nothing, XLA drops them).
   """
   dt = _dtype(cfg.dtype)
   b = tokens.shape[0]
@@ -614,10 +698,11 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
   cos, sin = rope_tables(cfg, pos) if w.rope is None else rope_lookup(w.rope, pos)  # [B, 1, Dh]
   x = w.embed[tokens][:, None, :]  # [B, 1, D]
   scale = math.sqrt(Dh)
-  new_ks, new_vs = [], []
+  new_ks, new_vs, all_acts = [], [], []
   for l in range(cfg.num_layers):
     h = rms_norm(x, w.attn_norm[l], cfg.rms_norm_eps)[:, 0]  # [B, D]
-    qkv = jnp.dot(h, w.qkv[l]) + w.qkv_bias[l]  # [B, (H + 2KV) Dh]
+    qkv_raw = jnp.dot(h, w.qkv[l])  # [B, (H + 2KV) Dh]
+    qkv = qkv_raw + w.qkv_bias[l]
     q = qkv[:, :H * Dh].reshape(b, 1, H, Dh)
     k = qkv[:, H * Dh:(H + KV) * Dh].reshape(b, 1, KV, Dh)  # [.., Dh] for RoPE
     v = qkv[:, (H + KV) * Dh:].reshape(b, KV, 1, Dh)
@@ -633,11 +718,18 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
     scores = jnp.where(mask[:, None, None, :], scores, -1e30)
     probs = jax.nn.softmax(scores, axis=-1).astype(cv.dtype)
     attn = jnp.einsum("bngs,bnsk->bngk", probs, cv).reshape(b, H * Dh)
-    x = x + jnp.dot(attn, w.o[l])[:, None, :]
+    o = jnp.dot(attn, w.o[l])
+    x = x + o[:, None, :]
     h = rms_norm(x, w.mlp_norm[l], cfg.rms_norm_eps)[:, 0]
     gu = jnp.dot(h, w.gate_up[l])  # [B, 2F]
     act = jax.nn.silu(gu[:, :F]) * gu[:, F:]
-    x = x + jnp.dot(act, w.down[l])[:, None, :]
+    down = jnp.dot(act, w.down[l])
+    x = x + down[:, None, :]
+    all_acts.append({
+        "q": qkv_raw[:, :H * Dh].reshape(b, H, Dh),
+        "k": qkv_raw[:, H * Dh:(H + KV) * Dh].reshape(b, KV, Dh),
+        "v": qkv_raw[:, (H + KV) * Dh:].reshape(b, KV, Dh),
+        "o": o, "gate": gu[:, :F], "up": gu[:, F:], "down": down})
   x = rms_norm(x, w.final_norm, cfg.rms_norm_eps)[:, 0]
   logits = jnp.dot(x, w.head, preferred_element_type=jnp.float32)
-  return logits, tuple(new_ks), tuple(new_vs), valid
+  return logits, tuple(new_ks), tuple(new_vs), valid, tuple(all_acts)

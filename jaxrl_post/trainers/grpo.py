@@ -23,6 +23,13 @@ Departures, and why:
   per rollout (mu = 1) that pass would reproduce the gradient pass's own
   log-probs, so the step uses stop_gradient(logp) instead and skips it
   (measured: 14% of the bench's GRPO step).
+* The rollout already computed every weight product of the update's first
+  forward pass (same parameters, same tokens), so by default it records
+  them (`generate(capture=True)`) and the first update differentiates
+  through them without recomputing (`forward_shared_prefix(given=...)`):
+  the same loss and gradient up to float rounding, a third less of the
+  update's matmul work (`rl.reuse_rollout_activations`; not with dynamic
+  sampling, whose rounds would each keep theirs).
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ def policy_loss_config(hp: RLHParams) -> losses.PolicyLossConfig:
       max_len=hp.max_new_tokens)
 
 
-def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_size: int = 1):
+def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_size: int = 1,
+                    given: S.RolloutActivations | None = None):
   """Teacher-forced log-probs and entropies of the last n_new tokens.
 
   seq/pos/seg: int32[B, P+N], positions in [0, P+N) (as `S.sequences`
@@ -72,14 +80,26 @@ def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_s
   (`forward_shared_prefix`; the same numbers). Logits are computed only where
   they predict a completion token: the last prompt position and the first
   N - 1 completion positions.
+  given: the rollout's activations on these sequences under these
+  parameters (`generate(capture=True)` with samples_per_prompt = G, or 1 with
+  G = 1): the forward then takes its weight products from them
+  (`forward_shared_prefix`), the same numbers up to float rounding.
   """
   p = seq.shape[1] - n_new
   t = seq.shape[1]  # positions count valid tokens before each one (`S.sequences`): < t
-  if group_size > 1:
+  if group_size > 1 or given is not None:
     g = group_size
+    fwd_given = None
+    if given is not None:
+      rows = jax.tree.leaves(given.prompt)[0].shape[1]
+      if rows * g != seq.shape[0]:
+        raise ValueError(f"completion_logp: activations of {rows} prompts for "
+                         f"{seq.shape[0]} rows at group size {g}")
+      suffix = jax.tree.map(lambda a: a[:, :, :n_new - 1], given.completion)
+      fwd_given = (given.prompt, suffix)
     h_pre, h_suf = forward_shared_prefix(
         params, cfg, seq[::g, :p], pos[::g, :p], seg[::g, :p],
-        seq[:, p:-1], pos[:, p:-1], seg[:, p:-1], max_position=t)
+        seq[:, p:-1], pos[:, p:-1], seg[:, p:-1], max_position=t, given=fwd_given)
     hidden = jnp.concatenate([jnp.repeat(h_pre[:, -1:], g, axis=0), h_suf], axis=1)
   else:
     _, _, hidden = forward(params, cfg, seq[:, :-1], pos[:, :-1], segment_ids=seg[:, :-1],
@@ -94,13 +114,18 @@ def _repeat(tree, g: int):
   return jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), tree)
 
 
-def _rollout_round(params, cfg, rc: RLStepConfig, prompts, mask, reward_fn, key):
-  """One round: G samples for each prompt, their rewards and group stats."""
+def _rollout_round(params, cfg, rc: RLStepConfig, prompts, mask, reward_fn, key,
+                   capture: bool = False):
+  """One round: G samples for each prompt, their rewards and group stats.
+
+  capture: the rollout also records its activations (`S.RolloutActivations`).
+  """
   g = rc.group_size
   sp = S.SamplingParams(temperature=jnp.float32(rc.hp.temperature),
                         top_p=jnp.float32(rc.hp.top_p))
   # Each prompt is prefilled once for its G samples.
-  rollout = S.generate(params, cfg, rc.sampling, prompts, mask, key, sp, samples_per_prompt=g)
+  rollout = S.generate(params, cfg, rc.sampling, prompts, mask, key, sp, samples_per_prompt=g,
+                       capture=capture)
   rewards, aux = reward_fn(rollout.tokens, rollout.mask)
   std = adv_lib.group_reward_std(rewards, g)
   return rollout, rewards.astype(jnp.float32), aux, std
@@ -119,7 +144,8 @@ def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
   batch["reward"]: a reward pytree with leaves [R * Pb, ...], where R =
   max_gen_rounds when dynamic sampling is on, else 1.
   Returns (rollout over Pb*G rows, rewards f32[Pb*G], aux, group_weight
-  f32[Pb], stats).
+  f32[Pb], stats). Without dynamic sampling and with
+  `rl.reuse_rollout_activations`, the rollout carries its activations.
   """
   hp = rc.hp
   g = rc.group_size
@@ -134,7 +160,8 @@ def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
 
   if rounds == 1:
     p, m, reward_fn = round_inputs(0)
-    rollout, rewards, aux, std = _rollout_round(params, cfg, rc, p, m, reward_fn, key)
+    rollout, rewards, aux, std = _rollout_round(params, cfg, rc, p, m, reward_fn, key,
+                                                capture=hp.reuse_rollout_activations)
     keep = std > hp.dynamic_eps
     weight = jnp.ones((pb,), jnp.float32)
     stats = {"frac_reward_zero_std": 1.0 - keep.mean(), "gen_rounds": jnp.float32(1),
@@ -181,20 +208,22 @@ def collect(params, cfg: ModelConfig, rc: RLStepConfig, batch, key):
 
 def policy_update(params, opt_state, cfg: ModelConfig, rc: RLStepConfig,
                   optimizer: optax.GradientTransformation, seq, pos, seg, advantages, mask,
-                  old_logp=None, ref_logp=None):
+                  old_logp=None, ref_logp=None, given=None):
   """One policy update on a fixed rollout: loss, gradient, optimizer step.
 
   seq/pos/seg: int32[B, P+N] (`S.sequences`); advantages f32[B]; mask
   f32[B, N] (the tokens that count); old_logp f32[B, N] or None (one update
   per rollout: the old policy IS the current one, ratio 1, so the gradient
-  pass's own log-probs, detached, stand in); ref_logp f32[B, N] or None.
+  pass's own log-probs, detached, stand in); ref_logp f32[B, N] or None;
+  given: the rollout's activations, valid only while `params` are the
+  parameters that sampled it (`completion_logp`).
   Returns (params, opt_state, (loss, loss aux, grad global norm)).
   """
   n_new = rc.sampling.max_new_tokens
   loss_cfg = policy_loss_config(rc.hp)
 
   def loss_fn(p):
-    logp, _ = completion_logp(p, cfg, seq, pos, seg, n_new, rc.group_size)
+    logp, _ = completion_logp(p, cfg, seq, pos, seg, n_new, rc.group_size, given)
     old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
     return losses.policy_loss(logp, old, advantages, mask, ref_logp=ref_logp, hp=loss_cfg)
 
@@ -226,9 +255,10 @@ def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
     mask = rollout.mask.astype(jnp.float32) * row_w[:, None]
     if hp.mask_truncated:
       mask = mask * rollout.finished[:, None].astype(jnp.float32)
+    given = rollout.activations  # None unless the rollout recorded them
     if hp.num_iterations > 1:
       old_logp, _ = completion_logp(jax.lax.stop_gradient(state.params), cfg, seq, pos, seg,
-                                    n_new, g)
+                                    n_new, g, given)
       old_logp = jax.lax.stop_gradient(old_logp)
     else:  # one update per rollout: the old policy IS the current one (ratio 1)
       old_logp = None
@@ -237,13 +267,21 @@ def make_rl_step(cfg: ModelConfig, rc: RLStepConfig,
       ref_logp, _ = completion_logp(ref_params, cfg, seq, pos, seg, n_new, g)
       ref_logp = jax.lax.stop_gradient(ref_logp)
 
-    def update(carry, _):
+    def update(carry, given):
       params, opt_state, out = policy_update(*carry, cfg, rc, optimizer, seq, pos, seg,
-                                             advantages, mask, old_logp, ref_logp)
+                                             advantages, mask, old_logp, ref_logp, given)
       return (params, opt_state), out
 
-    (params, opt_state), (loss, laux, gnorm) = jax.lax.scan(
-        update, (state.params, state.opt_state), None, length=hp.num_iterations)
+    # The first update runs at the rollout's parameters, so it can take the
+    # rollout's activations; the other mu - 1 recompute theirs.
+    carry, out = update((state.params, state.opt_state), given)
+    if hp.num_iterations > 1:
+      carry, rest = jax.lax.scan(lambda c, _: update(c, None), carry, None,
+                                 length=hp.num_iterations - 1)
+      out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), out, rest)
+    else:
+      out = jax.tree.map(lambda a: a[None], out)
+    (params, opt_state), (loss, laux, gnorm) = carry, out
 
     tok = rollout.mask.astype(jnp.float32)
     ntok = jnp.maximum(tok.sum(), 1.0)

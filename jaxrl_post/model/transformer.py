@@ -385,6 +385,14 @@ def _mlp(p, h, given=None, acts=None):
 LAYER_ACTS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def layer_act_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Per-token shape of each `LAYER_ACTS` product."""
+  H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  D, F = cfg.hidden_size, cfg.intermediate_size
+  return {"q": (H, Dh), "k": (KV, Dh), "v": (KV, Dh), "o": (D,), "gate": (F,),
+          "up": (F,), "down": (D,)}
+
+
 def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn, causal: bool = False,
            given: dict | None = None):
   """One pre-norm decoder layer. kv_fn(k, v) -> (keys, values, mask, aux).

@@ -68,6 +68,7 @@ def test_capture_changes_no_token_and_records_every_product(setup):
   D, F = cfg.hidden_size, cfg.intermediate_size
   shapes = {"q": (H, Dh), "k": (KV, Dh), "v": (KV, Dh), "o": (D,), "gate": (F,),
             "up": (F,), "down": (D,)}
+  assert T.layer_act_shapes(cfg) == shapes
   assert set(acts.prompt) == set(acts.completion) == set(T.LAYER_ACTS) == set(shapes)
   for name, shape in shapes.items():
     assert acts.prompt[name].shape == (L, PB, P) + shape, name

@@ -85,7 +85,9 @@ class RLHParams:
   # (`sampling.RolloutActivations`): the same numbers up to float rounding,
   # a third less update matmul work, more memory (the activations of every
   # rollout token live from the decode to the backward). Without dynamic
-  # sampling only.
+  # sampling only: there every generation round would pay for the writes
+  # (about a fifth of a `tiny` rollout) and hold its activations, for one
+  # update's forward.
   reuse_rollout_activations: bool = True
 
 

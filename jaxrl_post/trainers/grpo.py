@@ -29,7 +29,8 @@ Departures, and why:
   through them without recomputing (`forward_shared_prefix(given=...)`):
   the same loss and gradient up to float rounding, a third less of the
   update's matmul work (`rl.reuse_rollout_activations`; not with dynamic
-  sampling, whose rounds would each keep theirs).
+  sampling, where every round would pay for recording its activations and
+  keep them, for one update's forward).
 """
 
 from __future__ import annotations

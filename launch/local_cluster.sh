@@ -12,7 +12,7 @@
 # Process 0 writes to this terminal; process i > 0 to LOGDIR/process_<i>.log (LOGDIR: a new
 # temporary directory unless given). If a process fails, the others are stopped (they would
 # otherwise wait at their next collective until jax's timeout) and the script exits with the
-# failing status, naming the process and its log. PORT: a free one unless given.
+# failing status, naming the process and its log. N: 2 unless given; PORT: a free one unless given.
 set -uo pipefail
 
 usage() {

@@ -27,12 +27,12 @@ PB, G, P, N = 3, 4, 10, 9
 STOP = 5
 
 
-def _rollout(cfg, params, capture):
+def _rollout(cfg, params, capture, stop_ids=(STOP,)):
   """G samples for each of PB left-padded prompts of different lengths; a
   frequent stop token so rows end at different steps."""
   prompt = jax.random.randint(jax.random.key(1), (PB, P), 6, cfg.vocab_size)
   prompt_mask = jnp.arange(P)[None, :] >= jnp.array([[0], [3], [6]])
-  sc = S.SamplingConfig(max_new_tokens=N, stop_ids=(STOP,))
+  sc = S.SamplingConfig(max_new_tokens=N, stop_ids=stop_ids)
   sp = S.SamplingParams.make(temperature=1.5)
   gen = jax.jit(lambda p, t, m: S.generate(p, cfg, sc, t, m, jax.random.key(7), sp,
                                            samples_per_prompt=G, capture=capture))
@@ -89,9 +89,20 @@ def test_recorded_products_equal_a_teacher_forced_pass(setup):
     np.testing.assert_allclose(np.asarray(acts["q"][0])[m], q[m], rtol=1e-5, atol=1e-5)
 
 
-def test_given_activations_give_the_recomputed_logp_and_gradient(setup):
+# Three quarters of the vocabulary stop a row: every row stops before N, so
+# the decode loop exits early and the last columns are never decoded (zeros
+# recorded).
+ALL_STOP_EARLY = tuple(i for i in range(64) if i % 4)
+
+
+@pytest.mark.parametrize("stop_ids", [(STOP,), ALL_STOP_EARLY], ids=["mixed", "early_exit"])
+def test_given_activations_give_the_recomputed_logp_and_gradient(setup, stop_ids):
   cfg, params = setup
-  r = _rollout(cfg, params, True)
+  r = _rollout(cfg, params, True, stop_ids)
+  if stop_ids == ALL_STOP_EARLY:
+    last = int(r.lengths.max())
+    assert last < N - 1
+    assert not np.any(np.asarray(r.activations.completion["gate"])[:, :, last:])
   seq, pos, seg, _ = S.sequences(r)
   weights = jax.random.normal(jax.random.key(3), (PB * G, N)) * r.mask
   (v0, lp0), g0 = _objective(cfg, seq, pos, seg, weights, None)(params)

@@ -92,6 +92,9 @@ def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_s
     g = group_size
     fwd_given = None
     if given is not None:
+      if not given.prompt or not given.completion:
+        raise ValueError("completion_logp: `given` lacks the prompt's or the completion's "
+                         "activations (generate(capture=True) records both)")
       rows = jax.tree.leaves(given.prompt)[0].shape[1]
       if rows * g != seq.shape[0]:
         raise ValueError(f"completion_logp: activations of {rows} prompts for "

@@ -120,6 +120,8 @@ def test_given_activations_give_the_recomputed_logp_and_gradient(setup, stop_ids
       **r.activations.completion, "down": r.activations.completion["down"] + 1.0})
   (_, lp_bad), _ = _objective(cfg, seq, pos, seg, weights, bad)(params)
   assert np.max(np.abs(np.asarray(lp_bad) - np.asarray(lp0))[m]) > 1e-3
+  with pytest.raises(ValueError, match="lacks the prompt's"):
+    _objective(cfg, seq, pos, seg, weights, dataclasses.replace(r.activations, prompt=None))(params)
 
 
 def test_given_activations_save_the_forward_matmuls(setup):

@@ -45,7 +45,7 @@ if [[ -z "$port" ]]; then
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
     || usage "could not find a free port (give one with -p)"
 fi
-logdir="${logdir:-$(mktemp -d -t local_cluster.XXXXXX)}"
+logdir="${logdir:-$(mktemp -d)}"
 mkdir -p "$logdir" || usage "cannot create the log directory '$logdir'"
 
 xla_flags="${XLA_FLAGS:-}"

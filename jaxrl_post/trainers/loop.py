@@ -242,8 +242,8 @@ class RunLoop:
           time.perf_counter() - self._t0, 1e-9)
       if is_eval:
         host.update(evaluate(state))
+      self.write(done, host)
       if self.is_writer:
-        self.writer.write(done, host)
         self.progress.update(done, host)
       self.last = host
       self._t0, self._last_log = time.perf_counter(), done

@@ -1,6 +1,6 @@
 """The same study scaled up for a GPU node or a TPU slice (no code changes).
 
-  python -m launch.study --workdir=gs://.../study --config=configs/study_accel.py:model=small
+  python -m launch.study --workdir=/shared/study --config=configs/study_accel.py:model=small
   python -m launch.study --workdir=W --config=configs/study_accel.py:model=qwen2.5-0.5b,mesh=fsdp
 
 Longer runs, bigger batches and groups, bfloat16 activations, a (data, fsdp,

@@ -139,6 +139,7 @@ def init_runtime():
   # every file it writes) would drown them.
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  logging.get_absl_logger().addFilter(_QuietOrbax())  # also without app.run (notebooks)
   import jax
   jax.config.update("jax_threefry_partitionable", True)
   cache = compile_cache_dir()

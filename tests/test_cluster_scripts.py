@@ -10,6 +10,7 @@ standing in for a TPU VM's metadata server, which only exists on Google Cloud.
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -90,8 +91,7 @@ def test_distributed_args_from_the_environment():
     ({"JAXRL_POST_PROCESS_ID": "1"}, "$JAXRL_POST_COORDINATOR (host:port) is not"),
 ])
 def test_bad_distributed_settings_name_the_variable(env, message):
-  with pytest.raises(ValueError, match=message.replace("$", r"\$").replace("(", r"\(")
-                     .replace(")", r"\)")):
+  with pytest.raises(ValueError, match=re.escape(message)):
     common.distributed_args(env)
   with pytest.raises(app.UsageError):  # what a launch tool reports, before any jax call
     common.init_distributed(env)

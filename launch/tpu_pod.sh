@@ -52,7 +52,7 @@ gcloud="${GCLOUD:-gcloud}"
 command -v "$gcloud" >/dev/null || usage "'$gcloud' not found (install the Google Cloud SDK)"
 
 where=(--zone="$zone")
-[[ -n "$project" ]] && where+=(--project="$project")
+if [[ -n "$project" ]]; then where+=(--project="$project"); fi
 
 on_all_workers() {  # REMOTE_COMMAND: one shell command on every worker at once
   "$gcloud" compute tpus tpu-vm ssh "$tpu" "${where[@]}" --worker=all --command="$1"
@@ -81,5 +81,4 @@ rm jaxrl_post.tar.gz && cd $remote_dir && PYTHON=$python JAX_EXTRA=tpu bash laun
     printf -v quoted '%q ' "$@"
     on_all_workers "cd $remote_dir && JAXRL_POST_DISTRIBUTED=auto exec $quoted"
     ;;
-  *) usage "unknown action '$action' (setup or run)" ;;
 esac

@@ -32,21 +32,21 @@ TPU_POD = os.path.join(ROOT, "launch", "tpu_pod.sh")
 # processes really talk (an all-gather of their indices) and writes what it
 # saw to $JOIN_OUT/<process index> (the processes share one stdout).
 JOIN = textwrap.dedent("""
-    import os, sys
+    import json, os, sys
     from launch import common
     common.init_runtime()
     import jax, jax.numpy as jnp
     from jax.experimental import multihost_utils
     ids = multihost_utils.process_allgather(jnp.array([jax.process_index()]))
     with open(os.path.join(os.environ["JOIN_OUT"], str(jax.process_index())), "w") as f:
-      f.write(repr((jax.process_index(), jax.process_count(), jax.device_count(),
-                    ids.ravel().tolist(), sys.argv[1:])))
+      json.dump([jax.process_index(), jax.process_count(), jax.device_count(),
+                 ids.ravel().tolist(), sys.argv[1:]], f)
     """)
 
 
 def _joined(out_dir) -> list:
   """What each process of a JOIN run saw, by process index."""
-  return [eval(p.read_text()) for p in sorted(out_dir.iterdir())]
+  return [tuple(json.loads(p.read_text())) for p in sorted(out_dir.iterdir())]
 
 
 def _free_port() -> int:

@@ -148,9 +148,11 @@ class RolloutActivations:
 
   prompt: [L, Bp, P, ...] over the distinct prompts passed to `generate`.
   completion: [L, B, N, ...]; column t holds completion token t's. Columns
-    after a row's stop token hold the pad token's, and columns never decoded
-    (every row had stopped) zeros: neither reaches a loss term, as nothing
-    valid attends to them.
+    after a row's stop token hold the pad token's; columns never decoded
+    (every row had stopped) and the last column (token N - 1 is sampled but
+    not fed, `decode(feed_last=False)`) hold zeros. None reaches a loss
+    term: nothing valid attends to them, and token N - 1's outputs would
+    only predict a token N + 1.
   """
 
   prompt: dict
@@ -335,11 +337,13 @@ def _select_with_noise(logits: jax.Array, noise: jax.Array, sp: SamplingParams,
   return token, token_logp, entropy
 
 
-def _decode_step(w: StepWeights, cfg: ModelConfig, sc: SamplingConfig,
-                 sp: SamplingParams, noise_fn, s: DecodeState) -> DecodeState:
-  """Samples completion token `s.step` and feeds it to the model.
+def _sample_step(sc: SamplingConfig, sp: SamplingParams, noise_fn,
+                 s: DecodeState) -> tuple[jax.Array, DecodeState]:
+  """Samples completion token `s.step` from `s.logits` into the buffers.
 
-  The cache of `s` holds per-layer tuples (see `decode`).
+  Returns (token int32[B] (the pad id on rows already done), the state with
+  column `s.step` written, `done` updated and `step` + 1); the cache, logits
+  and positions are left for the feed.
   """
   token, logp, ent = _select_with_noise(s.logits, noise_fn(s), sp, sc)
   live = ~s.done
@@ -351,17 +355,28 @@ def _decode_step(w: StepWeights, cfg: ModelConfig, sc: SamplingConfig,
   stopped = jnp.isin(token, jnp.asarray(sc.stop_ids, jnp.int32)) if sc.stop_ids else (
       jnp.zeros_like(live))
   done = s.done | (live & stopped)
+  return token, s.replace(step=s.step + 1, tokens=tokens, logprobs=logprobs,
+                          entropy=entropy, done=done)
+
+
+def _decode_step(w: StepWeights, cfg: ModelConfig, sc: SamplingConfig,
+                 sp: SamplingParams, noise_fn, s: DecodeState) -> DecodeState:
+  """Samples completion token `s.step` and feeds it to the model.
+
+  The cache of `s` holds per-layer tuples (see `decode`).
+  """
+  live = ~s.done
+  col = s.step
+  token, s = _sample_step(sc, sp, noise_fn, s)
   c = s.cache
   logits, ks, vs, valid, acts = step_forward(w, cfg, token, s.positions, live, c.k, c.v,
-                                             c.valid, s.prompt_slots + s.step)
+                                             c.valid, s.prompt_slots + col)
   if s.acts is not None:  # capture: this token's products into column `col`
     row = _pack_acts(acts).astype(s.acts.dtype)[:, None, :]
     acts = jax.lax.dynamic_update_slice(s.acts, row, (0, col, 0))
   else:
     acts = None
-  return s.replace(step=s.step + 1, tokens=tokens, logprobs=logprobs,
-                   entropy=entropy, done=done, logits=logits,
-                   positions=s.positions + 1,
+  return s.replace(logits=logits, positions=s.positions + 1,
                    cache=KVCache(k=ks, v=vs, valid=valid), acts=acts)
 
 
@@ -439,11 +454,20 @@ def _grow_cache(small: KVCache, full: KVCache, hi: int) -> KVCache:
 
 
 def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
-           state: DecodeState, capture: bool = False) -> DecodeState:
+           state: DecodeState, capture: bool = False,
+           feed_last: bool = True) -> DecodeState:
   """Decodes until every row stopped or the buffer of N tokens is full.
 
   capture: also record every completion token's product outputs into
   `state.acts` (see `DecodeState`, `RolloutActivations`).
+  feed_last: also feed the N-th token to the model, so the final state's
+  cache holds all N tokens and its logits predict token N + 1 (a decode
+  that continues from it needs both). False: the N-th token is only
+  sampled, one model step fewer (1/N of the decode); the final cache then
+  lacks that token, its logits are the N-th token's distribution, and with
+  `capture` its activation column stays zero. `generate` passes False: a
+  Rollout keeps neither the cache nor the logits, and the policy update
+  never needs the last token's activations (it predicts nothing).
 
   Inside the loop the cache is split into per-layer buffers and the weights
   are fused once (`step_weights`), so each step runs `step_forward` with no
@@ -481,14 +505,21 @@ def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
   sizes = phase_sizes(c.size, n, sc.num_phases)
   acts = _activation_buffer(cfg, b, n) if capture else None
   out = state.replace(cache=_slice_cache(full, sizes[0]), acts=acts)
+  fed = n if feed_last else n - 1  # tokens sampled and fed inside the loops
   for i, size in enumerate(sizes):
     if i:
       out = out.replace(cache=_grow_cache(out.cache, full, size))
 
     def cond(s, size=size):
-      return (s.step < n) & ~jnp.all(s.done) & (s.prompt_slots + s.step < size)
+      return (s.step < fed) & ~jnp.all(s.done) & (s.prompt_slots + s.step < size)
 
     out = jax.lax.while_loop(cond, body, out)
+  if not feed_last:  # token N - 1: sampled, not fed (unless every row stopped)
+    sampled = _sample_step(sc, sp, noise_fn, out)[1]
+    go = (out.step == n - 1) & ~jnp.all(out.done)
+    pick = lambda name: jnp.where(go, getattr(sampled, name), getattr(out, name))
+    out = out.replace(**{name: pick(name) for name in
+                         ("step", "tokens", "logprobs", "entropy", "done")})
   c = out.cache
   if capture:
     acts = _unpack_acts(out.acts, cfg)
@@ -564,7 +595,7 @@ def generate(params, cfg: ModelConfig, sc: SamplingConfig,
     state = repeat_rows(state, samples_per_prompt, cache_sharding)
     prompt_tokens = jnp.repeat(prompt_tokens, samples_per_prompt, axis=0)
     prompt_mask = jnp.repeat(prompt_mask, samples_per_prompt, axis=0)
-  state = decode(params, cfg, sc, sp, state, capture=capture)
+  state = decode(params, cfg, sc, sp, state, capture=capture, feed_last=False)
   return finish(state, prompt_tokens, prompt_mask, sc, prompt_acts)
 
 

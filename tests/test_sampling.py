@@ -250,3 +250,37 @@ def test_phased_decode_equals_one_loop_over_the_full_cache(setup):
       assert a.shape == b.shape
       np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                  atol=1e-6)
+
+
+@pytest.mark.parametrize("stops", ["none", "mixed", "all_early"])
+@pytest.mark.parametrize("n", [1, 2, 10])
+def test_unfed_last_token_gives_the_same_rollout(setup, stops, n):
+  """decode(feed_last=False), what `generate` runs, samples the N-th token
+  without feeding it: the same tokens, masks, log-probs and entropies as the
+  decode that feeds it, with or without stops; only the final state differs
+  (its cache lacks token N, its logits are still token N's distribution)."""
+  cfg, params, tokens, mask = setup
+  free = S.Sampler(cfg, S.SamplingConfig(max_new_tokens=10)).generate(
+      params, tokens, mask, jax.random.key(6), temperature=1.0)
+  stop_ids = {"none": (), "mixed": (int(free.tokens[0, 1]),),
+              "all_early": tuple(range(cfg.vocab_size))}[stops]
+  sc = S.SamplingConfig(max_new_tokens=n, stop_ids=stop_ids)
+  sp = S.SamplingParams.make(1.0)
+  state = S.prefill(params, cfg, sc, tokens, mask, jax.random.key(6))
+  fed = jax.jit(lambda s: S.decode(params, cfg, sc, sp, s))(state)
+  unfed = jax.jit(lambda s: S.decode(params, cfg, sc, sp, s, feed_last=False))(state)
+  r_fed, r_unfed = S.finish(fed, tokens, mask, sc), S.finish(unfed, tokens, mask, sc)
+  for name in ("tokens", "mask", "logprobs", "entropy", "lengths", "finished"):
+    np.testing.assert_array_equal(getattr(r_unfed, name), getattr(r_fed, name), err_msg=name)
+  assert int(unfed.step) == int(fed.step)
+  p = tokens.shape[1]
+  last = np.asarray(r_fed.lengths) == n  # rows that sampled an N-th token
+  if stops == "all_early":  # every row stops at its first token
+    assert (np.asarray(r_fed.lengths) == 1).all() and int(fed.step) == 1
+  np.testing.assert_array_equal(np.asarray(fed.cache.valid[:, p + n - 1]), last)
+  assert not np.asarray(unfed.cache.valid[:, p + n - 1]).any()
+  np.testing.assert_array_equal(unfed.cache.valid[:, :p + n - 1],
+                                fed.cache.valid[:, :p + n - 1])
+  # The public kernel is the unfed one.
+  r = S.generate(params, cfg, sc, tokens, mask, jax.random.key(6), sp)
+  np.testing.assert_array_equal(r.tokens, r_fed.tokens)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Sequence
 
 import flax.struct
@@ -34,7 +33,7 @@ import numpy as np
 
 from jaxrl_post import sharding as shd
 from jaxrl_post.model import KVCache, ModelConfig, forward, init_cache
-from jaxrl_post.model.transformer import (LAYER_ACTS, StepWeights, layer_act_shapes,
+from jaxrl_post.model.transformer import (StepWeights, layer_act_width,
                                            step_forward, step_weights)
 
 _NEG_INF = -1e30
@@ -117,10 +116,9 @@ class DecodeState:
   prompt_slots: int32 scalar P, the cache slot of completion token 0.
   cache: the KV cache (P + N slots).
   rng: the sampling key.
-  acts: None, or (while decoding with capture) float[B, N, A], each
-    completion token's product outputs (`transformer.LAYER_ACTS`) of every
-    layer packed into one row of A values (`_pack_acts`); after `decode`, a
-    dict of [L, B, N, ...] arrays (`_unpack_acts`).
+  acts: None, or (decoding with capture) float[L, B, N, A], column t each
+    layer's product outputs on completion token t, packed
+    (`transformer.pack_layer_acts`).
   """
 
   step: jax.Array
@@ -140,14 +138,17 @@ class DecodeState:
 class RolloutActivations:
   """The model's product outputs on a rollout's tokens (`generate(capture=True)`).
 
-  Each is a dict over `transformer.LAYER_ACTS` of [L, rows, length, ...]
-  arrays (q [.., H, Dh], k/v [.., KV, Dh], o/down [.., D], gate/up [.., F]),
-  computed by the rollout with the parameters it sampled from: what a
-  teacher-forced pass with those parameters would compute, so the policy
-  update's forward can take them instead (`forward_shared_prefix(given=...)`).
+  Each is float[L, rows, length, A]: per layer and token the outputs of the
+  seven weight products (`transformer.LAYER_ACTS`: q, k, v, o, gate, up,
+  down) side by side, A = `transformer.layer_act_width(cfg)` values
+  (`transformer.unpack_layer_acts` gives them by name), computed by the
+  rollout with the parameters it sampled from: what a teacher-forced pass
+  with those parameters would compute, so the policy update's forward can
+  take them instead (`forward_shared_prefix(given=...)`). Packed, so that
+  the decode writes one buffer per step and the update reads it in place.
 
-  prompt: [L, Bp, P, ...] over the distinct prompts passed to `generate`.
-  completion: [L, B, N, ...]; column t holds completion token t's. Columns
+  prompt: [L, Bp, P, A] over the distinct prompts passed to `generate`.
+  completion: [L, B, N, A]; column t holds completion token t's. Columns
     after a row's stop token hold the pad token's; columns never decoded
     (every row had stopped) and the last column (token N - 1 is sampled but
     not fed, `decode(feed_last=False)`) hold zeros. None reaches a loss
@@ -155,8 +156,8 @@ class RolloutActivations:
     only predict a token N + 1.
   """
 
-  prompt: dict
-  completion: dict
+  prompt: jax.Array
+  completion: jax.Array
 
 
 @flax.struct.dataclass
@@ -293,7 +294,7 @@ def prefill(params, cfg: ModelConfig, sc: SamplingConfig, prompt_tokens: jax.Arr
 
   prompt_tokens: int32[B, P] left-padded; prompt_mask: bool[B, P].
   return_acts: return (state, acts), acts the prompt's product outputs
-  (dict over `transformer.LAYER_ACTS` of [L, B, P, ...]).
+  float[L, B, P, A] (`transformer.pack_layer_acts`).
   """
   b, p = prompt_tokens.shape
   n = sc.max_new_tokens
@@ -372,44 +373,17 @@ def _decode_step(w: StepWeights, cfg: ModelConfig, sc: SamplingConfig,
   logits, ks, vs, valid, acts = step_forward(w, cfg, token, s.positions, live, c.k, c.v,
                                              c.valid, s.prompt_slots + col)
   if s.acts is not None:  # capture: this token's products into column `col`
-    row = _pack_acts(acts).astype(s.acts.dtype)[:, None, :]
-    acts = jax.lax.dynamic_update_slice(s.acts, row, (0, col, 0))
+    row = acts.astype(s.acts.dtype)[:, :, None, :]  # [L, B, 1, A]
+    acts = jax.lax.dynamic_update_slice(s.acts, row, (0, 0, col, 0))
   else:
     acts = None
   return s.replace(logits=logits, positions=s.positions + 1,
                    cache=KVCache(k=ks, v=vs, valid=valid), acts=acts)
 
 
-def _pack_acts(acts: tuple) -> jax.Array:
-  """L dicts of one token's products [B, ...] -> one row [B, A] (layer-major).
-
-  One write per decode step instead of 7 L: the same time measured (about
-  20 ms over the bench's 110 ms `tiny` 8 x 4 x 32 rollout either way, the
-  writes are single-threaded) in a simpler loop.
-  """
-  b = acts[0]["o"].shape[0]
-  return jnp.concatenate([a[name].reshape(b, -1) for a in acts for name in LAYER_ACTS],
-                         axis=1)
-
-
-def _unpack_acts(packed: jax.Array, cfg: ModelConfig) -> dict:
-  """float[B, N, A] (`_pack_acts` rows) -> dict of [L, B, N, ...] per product."""
-  b, n, _ = packed.shape
-  shapes = layer_act_shapes(cfg)
-  out = {name: [] for name in LAYER_ACTS}
-  start = 0
-  for _ in range(cfg.num_layers):
-    for name in LAYER_ACTS:
-      size = math.prod(shapes[name])
-      out[name].append(packed[:, :, start:start + size].reshape((b, n) + shapes[name]))
-      start += size
-  return {name: jnp.stack(parts) for name, parts in out.items()}
-
-
 def _activation_buffer(cfg: ModelConfig, batch: int, n: int) -> jax.Array:
-  """Zeros float[B, N, A] for `_pack_acts` rows."""
-  width = cfg.num_layers * sum(math.prod(s) for s in layer_act_shapes(cfg).values())
-  return jnp.zeros((batch, n, width), jnp.dtype(cfg.dtype))
+  """Zeros float[L, B, N, A] for the decode's packed product rows."""
+  return jnp.zeros((cfg.num_layers, batch, n, layer_act_width(cfg)), jnp.dtype(cfg.dtype))
 
 
 def phase_sizes(cache_size: int, new_tokens: int, phases: int) -> tuple[int, ...]:
@@ -521,14 +495,11 @@ def decode(params, cfg: ModelConfig, sc: SamplingConfig, sp: SamplingParams,
     out = out.replace(**{name: pick(name) for name in
                          ("step", "tokens", "logprobs", "entropy", "done")})
   c = out.cache
-  if capture:
-    acts = _unpack_acts(out.acts, cfg)
-  return out.replace(cache=KVCache(k=jnp.stack(c.k), v=jnp.stack(c.v), valid=c.valid),
-                     acts=acts)
+  return out.replace(cache=KVCache(k=jnp.stack(c.k), v=jnp.stack(c.v), valid=c.valid))
 
 
 def finish(state: DecodeState, prompt_tokens, prompt_mask,
-           sc: SamplingConfig, prompt_acts: dict | None = None) -> Rollout:
+           sc: SamplingConfig, prompt_acts: jax.Array | None = None) -> Rollout:
   """Turns a final DecodeState into a Rollout (mask after the stop token).
 
   prompt_acts: the prefill's product outputs; with `state.acts` (a capturing
@@ -583,8 +554,8 @@ def generate(params, cfg: ModelConfig, sc: SamplingConfig,
   B * n rows (row i*n + j: sample j of prompt i), as if the prompts had been
   repeated before the call.
   capture: the Rollout also carries the model's product outputs on its
-  tokens (`RolloutActivations`: prompt [L, B, P, ...], completion
-  [L, B * n, N, ...]), for a policy update that need not recompute them.
+  tokens (`RolloutActivations`: prompt [L, B, P, A], completion
+  [L, B * n, N, A]), for a policy update that need not recompute them.
   """
   state = prefill(params, cfg, sc, prompt_tokens, prompt_mask, rng,
                   cache_sharding=cache_sharding, return_acts=capture)

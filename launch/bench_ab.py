@@ -1,6 +1,7 @@
 r"""Paired A/B timing of two source trees: is a change faster on this machine?
 
-  python -m launch.bench_ab --base=HEAD --out=AB.json [--part=step|rollout|update]
+  python -m launch.bench_ab --base=HEAD --out=AB.json
+      [--part=step|rollout|update|update_reuse]
       [--shape=tiny:8x4x32] [--pairs=20] [--target=DIR]
 
 This machine's speed drifts by tens of percent from minute to minute, so two
@@ -16,7 +17,9 @@ each pair, and its median, is the number to read; two identical trees read
 Parts: `step` is the whole jitted GRPO step (`grpo.make_rl_step`: rollout,
 reward, update); `rollout` is `grpo.collect` alone; `update` is one
 `grpo.policy_update` (forward, backward, AdamW) on a fixed rollout with
-non-zero advantages. Both workers first apply this tree's host malloc
+non-zero advantages; `update_reuse` the same update taking the rollout's
+recorded activations (`given`, what the step does by default) instead of
+recomputing the forward's products. Both workers first apply this tree's host malloc
 set-up (`$JAXRL_POST_HOST_MALLOC`, as `launch.bench`). Each worker also
 reports a checksum of its outputs, so a change that alters the numbers shows
 up next to its timing.
@@ -39,7 +42,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("step", "rollout", "update")
+PARTS = ("step", "rollout", "update", "update_reuse")
 
 
 # --------------------------------------------------------------------------
@@ -93,6 +96,10 @@ def make_call(part: str, preset: str, prompts: int, samples: int, new_tokens: in
   if part == "rollout":
     return lambda: jax.block_until_ready(collect(w.state.params, batch, key))
   rollout = collect(w.state.params, batch, key)[0]
+  given = rollout.activations if part == "update_reuse" else None
+  if part == "update_reuse" and given is None:
+    raise RuntimeError("bench_ab: --part=update_reuse needs a rollout that records its "
+                       "activations (rl.reuse_rollout_activations)")
   seq, pos, seg, _ = S.sequences(rollout)
   rows = prompts * samples
   advantages = jnp.where(jnp.arange(rows) % 2 == 0, 1.0, -0.5)  # the gradient is not 0
@@ -103,7 +110,8 @@ def make_call(part: str, preset: str, prompts: int, samples: int, new_tokens: in
 
   def update(params, opt_state):
     params, opt_state, (loss, _, _) = grpo.policy_update(
-        params, opt_state, w.cfg, w.rc, w.optimizer, seq, pos, seg, advantages, mask)
+        params, opt_state, w.cfg, w.rc, w.optimizer, seq, pos, seg, advantages, mask,
+        **({} if given is None else {"given": given}))
     return params, opt_state, loss
 
   update = jax.jit(update, donate_argnums=(0, 1))
@@ -270,7 +278,8 @@ elif __name__ == "__main__":
                       required=True)
   flags.DEFINE_string("target", ROOT, "Source tree under test (default: this working tree).")
   flags.DEFINE_enum("part", "step", PARTS, "What to time: the whole GRPO step, its rollout "
-                    "(collect) or one update on a fixed rollout.")
+                    "(collect), one update on a fixed rollout, or that update taking the "
+                    "rollout's activations (update_reuse).")
   flags.DEFINE_string("shape", "tiny:8x4x32", "PRESET:PROMPTSxSAMPLESxNEW_TOKENS (prompt 32).")
   flags.DEFINE_integer("pairs", 20, "Alternating pairs of timed calls.", lower_bound=1)
   flags.DEFINE_string("out", None, "Path of the JSON file to write.", required=True)

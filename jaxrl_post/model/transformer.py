@@ -393,6 +393,43 @@ def layer_act_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
           "up": (F,), "down": (D,)}
 
 
+def layer_act_width(cfg: ModelConfig) -> int:
+  """A = values per token of one layer's packed products (`pack_layer_acts`)."""
+  return sum(math.prod(s) for s in layer_act_shapes(cfg).values())
+
+
+def pack_layer_acts(acts: dict, cfg: ModelConfig) -> jax.Array:
+  """One layer's products (dict `LAYER_ACTS` -> [*lead, *shape]) -> [*lead, A].
+
+  The values side by side in `LAYER_ACTS` order (q, k, v, o, gate, up, down):
+  the layout the rollout records and the policy update reads
+  (`unpack_layer_acts`), one buffer instead of seven.
+  """
+  shapes = layer_act_shapes(cfg)
+  lead = acts["o"].shape[:-1]
+  return jnp.concatenate([acts[n].reshape(lead + (math.prod(shapes[n]),))
+                          for n in LAYER_ACTS], axis=-1)
+
+
+def unpack_layer_acts(packed: jax.Array, cfg: ModelConfig) -> dict:
+  """[*lead, A] (`pack_layer_acts`) -> dict `LAYER_ACTS` -> [*lead, *shape].
+
+  Static slices of the last axis: inside a jitted forward XLA reads them in
+  the ops that consume them (no copy of the buffer).
+  """
+  width = layer_act_width(cfg)
+  if packed.shape[-1] != width:
+    raise ValueError(f"packed activations have {packed.shape[-1]} values per token; this "
+                     f"model's layer has {width} (`layer_act_width`)")
+  lead = packed.shape[:-1]
+  out, start = {}, 0
+  for name, shape in layer_act_shapes(cfg).items():
+    size = math.prod(shape)
+    out[name] = packed[..., start:start + size].reshape(lead + shape)
+    start += size
+  return out
+
+
 def _block(p, x, cfg: ModelConfig, cos, sin, kv_fn, causal: bool = False,
            given: dict | None = None):
   """One pre-norm decoder layer. kv_fn(k, v) -> (keys, values, mask, aux).
@@ -464,9 +501,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
       that unembed only some positions.
     max_position: optional static bound on `positions` (all in [0,
       max_position)); RoPE then reads one table (`rope_tables`).
-    return_acts: also return every layer's product outputs, a dict
-      `LAYER_ACTS` -> [L, B, T, ...] (what `forward_shared_prefix` can take
-      as `given`); with a cache only (the rollout's prefill).
+    return_acts: also return every layer's product outputs, packed
+      float[L, B, T, A] (`pack_layer_acts`; what `forward_shared_prefix` can
+      take as `given`); with a cache only (the rollout's prefill).
 
   Returns:
     (logits float32[B, T, V], cache), then hidden if return_hidden, then
@@ -528,7 +565,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   if return_hidden:
     out += (x,)
   if return_acts:
-    out += (stacked_acts,)
+    out += (pack_layer_acts(stacked_acts, cfg),)
   return out
 
 
@@ -550,10 +587,10 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
   suffix, suffix_positions, suffix_segments: int32[Pb*G, N]; row r continues
     prefix r // G.
   max_position: optional static bound on every position (`rope_tables`).
-  given: optional (prefix acts, suffix acts), each a dict `LAYER_ACTS` ->
-    [L, rows, length, ...]: every layer's product outputs on these tokens
-    with these parameters, already computed (by the rollout's prefill and
-    decode, `sampling.RolloutActivations`). The forward then recomputes only
+  given: optional (prefix acts float[L, Pb, P, A], suffix acts
+    float[L, Pb*G, N, A]), every layer's product outputs on these tokens
+    with these parameters, packed (`pack_layer_acts`) and already computed
+    (by the rollout's prefill and decode, `sampling.RolloutActivations`). The forward then recomputes only
     norms, RoPE, attention and SiLU from them, and the backward is unchanged
     (`dense_given`): the same values and gradients up to float rounding, at
     about a third less matmul work for a forward + backward.
@@ -581,6 +618,8 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
   def body(carry, layer):
     xp, xs = carry
     p, given_p, given_s = layer
+    if given_p is not None:
+      given_p, given_s = unpack_layer_acts(given_p, cfg), unpack_layer_acts(given_s, cfg)
     xp, (kp, vp), _ = _block(p, xp, cfg, cos_p, sin_p, prefix_kv, causal=True,
                              given=given_p)
 
@@ -593,6 +632,12 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
     return (xp, xs), None
 
   given_p, given_s = (None, None) if given is None else given
+  if given is not None:
+    want = {"prefix": (cfg.num_layers, pb, n_pre), "suffix": (cfg.num_layers,) + suffix.shape}
+    for part, a in (("prefix", given_p), ("suffix", given_s)):
+      if a.shape[:-1] != want[part]:
+        raise ValueError(f"forward_shared_prefix: {part} activations {a.shape}, expected "
+                         f"{want[part]} + (A,) ([L, rows, tokens, A])")
   (xp, xs), _ = jax.lax.scan(body, (xp, xs), (params["layers"], given_p, given_s),
                              unroll=_unroll(cfg))
   return xp, xs
@@ -692,9 +737,9 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
   Returns:
     (logits float32[B, V], ks, vs, valid, acts) — the same numbers as
     `forward(params, cfg, tokens[:, None], positions[:, None], cache=...)`;
-    acts: L dicts of this token's product outputs (`LAYER_ACTS`, without the
-    T axis: q [B, H, Dh], k and v [B, KV, Dh], o and down [B, D], gate and up
-    [B, F]; unused outputs cost nothing, XLA drops them).
+    acts: this token's product outputs, float[L, B, A] (each layer's
+    `LAYER_ACTS` packed as `pack_layer_acts` does; unused, they cost
+    nothing: XLA drops them).
   """
   dt = _dtype(cfg.dtype)
   b = tokens.shape[0]
@@ -733,11 +778,9 @@ def step_forward(w: StepWeights, cfg: ModelConfig, tokens: jax.Array,
     act = jax.nn.silu(gu[:, :F]) * gu[:, F:]
     down = jnp.dot(act, w.down[l])
     x = x + down[:, None, :]
-    all_acts.append({
-        "q": qkv_raw[:, :H * Dh].reshape(b, H, Dh),
-        "k": qkv_raw[:, H * Dh:(H + KV) * Dh].reshape(b, KV, Dh),
-        "v": qkv_raw[:, (H + KV) * Dh:].reshape(b, KV, Dh),
-        "o": o, "gate": gu[:, :F], "up": gu[:, F:], "down": down})
+    # q, k, v | o | gate, up | down: `pack_layer_acts`'s order, whose fused
+    # products are already side by side.
+    all_acts.append(jnp.concatenate([qkv_raw, o, gu, down], axis=-1))
   x = rms_norm(x, w.final_norm, cfg.rms_norm_eps)[:, 0]
   logits = jnp.dot(x, w.head, preferred_element_type=jnp.float32)
-  return logits, tuple(new_ks), tuple(new_vs), valid, tuple(all_acts)
+  return logits, tuple(new_ks), tuple(new_vs), valid, jnp.stack(all_acts)

@@ -92,15 +92,15 @@ def completion_logp(params, cfg: ModelConfig, seq, pos, seg, n_new: int, group_s
     g = group_size
     fwd_given = None
     if given is not None:
-      if not given.prompt or not given.completion:
+      if given.prompt is None or given.completion is None:
         raise ValueError("completion_logp: `given` lacks the prompt's or the completion's "
                          "activations (generate(capture=True) records both)")
-      rows = jax.tree.leaves(given.prompt)[0].shape[1]
+      rows = given.prompt.shape[1]
       if rows * g != seq.shape[0]:
         raise ValueError(f"completion_logp: activations of {rows} prompts for "
                          f"{seq.shape[0]} rows at group size {g}")
-      suffix = jax.tree.map(lambda a: a[:, :, :n_new - 1], given.completion)
-      fwd_given = (given.prompt, suffix)
+      # Completion token N - 1 predicts nothing: its column is not an input.
+      fwd_given = (given.prompt, given.completion[:, :, :n_new - 1])
     h_pre, h_suf = forward_shared_prefix(
         params, cfg, seq[::g, :p], pos[::g, :p], seg[::g, :p],
         seq[:, p:-1], pos[:, p:-1], seg[:, p:-1], max_position=t, given=fwd_given)

@@ -69,10 +69,32 @@ def test_capture_changes_no_token_and_records_every_product(setup):
   shapes = {"q": (H, Dh), "k": (KV, Dh), "v": (KV, Dh), "o": (D,), "gate": (F,),
             "up": (F,), "down": (D,)}
   assert T.layer_act_shapes(cfg) == shapes
-  assert set(acts.prompt) == set(acts.completion) == set(T.LAYER_ACTS) == set(shapes)
+  width = sum(int(np.prod(s)) for s in shapes.values())
+  assert T.layer_act_width(cfg) == width
+  assert acts.prompt.shape == (L, PB, P, width)
+  assert acts.completion.shape == (L, PB * G, N, width)
+  prompt, completion = (T.unpack_layer_acts(a, cfg) for a in (acts.prompt, acts.completion))
+  assert set(prompt) == set(completion) == set(T.LAYER_ACTS) == set(shapes)
   for name, shape in shapes.items():
-    assert acts.prompt[name].shape == (L, PB, P) + shape, name
-    assert acts.completion[name].shape == (L, PB * G, N) + shape, name
+    assert prompt[name].shape == (L, PB, P) + shape, name
+    assert completion[name].shape == (L, PB * G, N) + shape, name
+
+
+def test_pack_and_unpack_layer_acts_are_inverse(setup):
+  cfg, _ = setup
+  shapes = T.layer_act_shapes(cfg)
+  keys = jax.random.split(jax.random.key(0), len(shapes))
+  acts = {n: jax.random.normal(k, (2, 3) + s) for k, (n, s) in zip(keys, shapes.items())}
+  packed = T.pack_layer_acts(acts, cfg)
+  assert packed.shape == (2, 3, T.layer_act_width(cfg))
+  # Side by side in LAYER_ACTS order (an independent NumPy concatenation).
+  ref = np.concatenate([np.asarray(acts[n]).reshape(2, 3, -1) for n in T.LAYER_ACTS], -1)
+  np.testing.assert_array_equal(packed, ref)
+  back = T.unpack_layer_acts(packed, cfg)
+  for n in T.LAYER_ACTS:
+    np.testing.assert_array_equal(back[n], acts[n])
+  with pytest.raises(ValueError, match="values per token"):
+    T.unpack_layer_acts(packed[..., 1:], cfg)
 
 
 def test_recorded_products_equal_a_teacher_forced_pass(setup):
@@ -85,9 +107,10 @@ def test_recorded_products_equal_a_teacher_forced_pass(setup):
   # its column is not recorded.
   recorded = r.mask & (jnp.arange(N) < N - 1)
   assert np.asarray(r.mask[:, N - 1]).any()
-  assert not np.any(np.asarray(r.activations.completion["q"])[:, :, N - 1])
-  for tokens, mask, acts in ((r.prompt_tokens[::G], r.prompt_mask[::G], r.activations.prompt),
-                             (r.tokens, recorded, r.activations.completion)):
+  assert not np.any(np.asarray(r.activations.completion)[:, :, N - 1])
+  for tokens, mask, packed in ((r.prompt_tokens[::G], r.prompt_mask[::G], r.activations.prompt),
+                               (r.tokens, recorded, r.activations.completion)):
+    acts = T.unpack_layer_acts(packed, cfg)
     h = T.rms_norm(params["embed"][tokens], lp["attn_norm"][0], cfg.rms_norm_eps)
     q = np.einsum("btd,dhk->bthk", np.asarray(h), np.asarray(lp["q"][0]))
     m = np.asarray(mask)
@@ -107,7 +130,7 @@ def test_given_activations_give_the_recomputed_logp_and_gradient(setup, stop_ids
   if stop_ids == ALL_STOP_EARLY:
     last = int(r.lengths.max())
     assert last < N - 1
-    assert not np.any(np.asarray(r.activations.completion["gate"])[:, :, last:])
+    assert not np.any(np.asarray(r.activations.completion)[:, :, last:])
   seq, pos, seg, _ = S.sequences(r)
   weights = jax.random.normal(jax.random.key(3), (PB * G, N)) * r.mask
   (v0, lp0), g0 = _objective(cfg, seq, pos, seg, weights, None)(params)
@@ -121,8 +144,9 @@ def test_given_activations_give_the_recomputed_logp_and_gradient(setup, stop_ids
                                err_msg=jax.tree_util.keystr(path[0]))
   # The recorded values are really what the forward uses: corrupt one product
   # of the completions and the log-probs move.
-  bad = dataclasses.replace(r.activations, completion={
-      **r.activations.completion, "down": r.activations.completion["down"] + 1.0})
+  d = cfg.hidden_size  # "down", the last product of a packed row
+  bad = dataclasses.replace(
+      r.activations, completion=r.activations.completion.at[..., -d:].add(1.0))
   (_, lp_bad), _ = _objective(cfg, seq, pos, seg, weights, bad)(params)
   assert np.max(np.abs(np.asarray(lp_bad) - np.asarray(lp0))[m]) > 1e-3
   with pytest.raises(ValueError, match="lacks the prompt's"):

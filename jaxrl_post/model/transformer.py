@@ -590,7 +590,8 @@ def forward_shared_prefix(params: Params, cfg: ModelConfig, prefix: jax.Array,
   given: optional (prefix acts float[L, Pb, P, A], suffix acts
     float[L, Pb*G, N, A]), every layer's product outputs on these tokens
     with these parameters, packed (`pack_layer_acts`) and already computed
-    (by the rollout's prefill and decode, `sampling.RolloutActivations`). The forward then recomputes only
+    (by the rollout's prefill and decode, `sampling.RolloutActivations`).
+    The forward then recomputes only
     norms, RoPE, attention and SiLU from them, and the backward is unchanged
     (`dense_given`): the same values and gradients up to float rounding, at
     about a third less matmul work for a forward + backward.

@@ -151,6 +151,9 @@ def test_given_activations_give_the_recomputed_logp_and_gradient(setup, stop_ids
   assert np.max(np.abs(np.asarray(lp_bad) - np.asarray(lp0))[m]) > 1e-3
   with pytest.raises(ValueError, match="lacks the prompt's"):
     _objective(cfg, seq, pos, seg, weights, dataclasses.replace(r.activations, prompt=None))(params)
+  short = dataclasses.replace(r.activations, completion=r.activations.completion[:, :, :N - 3])
+  with pytest.raises(ValueError, match="suffix activations"):
+    _objective(cfg, seq, pos, seg, weights, short)(params)
 
 
 def test_given_activations_save_the_forward_matmuls(setup):

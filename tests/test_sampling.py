@@ -252,17 +252,26 @@ def test_phased_decode_equals_one_loop_over_the_full_cache(setup):
                                  atol=1e-6)
 
 
-@pytest.mark.parametrize("stops", ["none", "mixed", "all_early"])
-@pytest.mark.parametrize("n", [1, 2, 10])
-def test_unfed_last_token_gives_the_same_rollout(setup, stops, n):
+@pytest.fixture(scope="module")
+def mixed_stop(setup):
+  """A stop id that ends row 0 at its second token and not every row."""
+  cfg, params, tokens, mask = setup
+  free = S.Sampler(cfg, S.SamplingConfig(max_new_tokens=10)).generate(
+      params, tokens, mask, jax.random.key(6), temperature=1.0)
+  return int(free.tokens[0, 1])
+
+
+# (N, stops): the edge N = 1 (no loop at all), the smallest loop, and N = 10
+# with no stop, some rows stopping, and every row stopping at its first token.
+@pytest.mark.parametrize("n, stops", [(1, "mixed"), (1, "all_early"), (2, "mixed"),
+                                      (10, "none"), (10, "mixed"), (10, "all_early")])
+def test_unfed_last_token_gives_the_same_rollout(setup, mixed_stop, n, stops):
   """decode(feed_last=False), what `generate` runs, samples the N-th token
   without feeding it: the same tokens, masks, log-probs and entropies as the
   decode that feeds it, with or without stops; only the final state differs
   (its cache lacks token N, its logits are still token N's distribution)."""
   cfg, params, tokens, mask = setup
-  free = S.Sampler(cfg, S.SamplingConfig(max_new_tokens=10)).generate(
-      params, tokens, mask, jax.random.key(6), temperature=1.0)
-  stop_ids = {"none": (), "mixed": (int(free.tokens[0, 1]),),
+  stop_ids = {"none": (), "mixed": (mixed_stop,),
               "all_early": tuple(range(cfg.vocab_size))}[stops]
   sc = S.SamplingConfig(max_new_tokens=n, stop_ids=stop_ids)
   sp = S.SamplingParams.make(1.0)
@@ -275,6 +284,8 @@ def test_unfed_last_token_gives_the_same_rollout(setup, stops, n):
   assert int(unfed.step) == int(fed.step)
   p = tokens.shape[1]
   last = np.asarray(r_fed.lengths) == n  # rows that sampled an N-th token
+  if stops == "mixed" and n == 10:  # some rows stop, others run to N
+    assert bool(r_fed.finished.any()) and not bool(r_fed.finished.all())
   if stops == "all_early":  # every row stops at its first token
     assert (np.asarray(r_fed.lengths) == 1).all() and int(fed.step) == 1
   np.testing.assert_array_equal(np.asarray(fed.cache.valid[:, p + n - 1]), last)
@@ -282,5 +293,5 @@ def test_unfed_last_token_gives_the_same_rollout(setup, stops, n):
   np.testing.assert_array_equal(unfed.cache.valid[:, :p + n - 1],
                                 fed.cache.valid[:, :p + n - 1])
   # The public kernel is the unfed one.
-  r = S.generate(params, cfg, sc, tokens, mask, jax.random.key(6), sp)
+  r = jax.jit(lambda: S.generate(params, cfg, sc, tokens, mask, jax.random.key(6), sp))()
   np.testing.assert_array_equal(r.tokens, r_fed.tokens)

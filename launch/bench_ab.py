@@ -109,6 +109,7 @@ def make_call(part: str, preset: str, prompts: int, samples: int, new_tokens: in
                        "2026-12-03 on); use --part=step for older revisions")
 
   def update(params, opt_state):
+    # `given` only when used: revisions before 2026-12-04 take no such argument.
     params, opt_state, (loss, _, _) = grpo.policy_update(
         params, opt_state, w.cfg, w.rc, w.optimizer, seq, pos, seg, advantages, mask,
         **({} if given is None else {"given": given}))

@@ -58,7 +58,7 @@ def test_bad_flags_are_usage_errors(tmp_path):
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("part", ["update", "step"])
+@pytest.mark.parametrize("part", ["update", "update_reuse", "step"])
 def test_update_and_step_parts_on_identical_trees(part):
   """The update part donates its buffers: its checksum is taken before the next call."""
   r = bench_ab.compare(str(ROOT), str(ROOT), part, "nano:2x2x4", 2)
